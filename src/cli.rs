@@ -1,0 +1,137 @@
+//! Command-line definitions, and nothing else.
+//!
+//! Every flag of `serve` can also be set in `tollgate.toml` and as a `TOLLGATE_*`
+//! environment variable; the precedence is flag, then variable, then file, then the
+//! built-in default. Merging and validation live in [`crate::config`], so that this
+//! module stays a plain description of the interface (its doc comments are the help
+//! text).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A transparent reverse proxy for the OpenAI API that governs tool calls.
+///
+/// Point an OpenAI SDK at it (`OPENAI_BASE_URL=http://127.0.0.1:7070/v1`) and change
+/// nothing else.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about, long_about)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Validate the configuration, print a summary, and exit.
+    Check(ServeArgs),
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+/// The `certs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write a local certificate authority and a `localhost` / `127.0.0.1` / `::1`
+    /// server certificate signed by it.
+    Dev(CertsDevArgs),
+}
+
+/// Options of `tollgate certs dev`.
+#[derive(Debug, Args)]
+pub struct CertsDevArgs {
+    /// Directory to write `ca.pem`, `ca-key.pem`, `server.pem` and `server-key.pem` into.
+    #[arg(long, default_value = "certs")]
+    pub dir: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Options of `tollgate serve` and `tollgate check`.
+///
+/// Each is optional here so that the configuration file can fill what the command
+/// line leaves out; defaults are applied in [`crate::config`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML). Without it, `./tollgate.toml` is read if it exists.
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "TOLLGATE_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Upstream origin that requests are forwarded to, without `/v1`
+    /// [default: https://api.openai.com].
+    #[arg(long, env = "TOLLGATE_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// PEM certificate chain; with `--tls-key`, the listener speaks HTTPS
+    /// (HTTP/1.1 and HTTP/2 by ALPN).
+    #[arg(long, env = "TOLLGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "TOLLGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes [default: 16 MiB].
+    #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+
+    /// Largest total size of the request headers, in bytes [default: 32 KiB].
+    #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+
+    /// Largest number of request headers [default: 100].
+    #[arg(long, env = "TOLLGATE_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
+
+    /// Time a client has to send the request headers (and finish the TLS handshake)
+    /// before its connection is dropped [default: 30s].
+    #[arg(long, env = "TOLLGATE_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+
+    /// Time allowed to open a connection to the upstream [default: 10s].
+    #[arg(long, env = "TOLLGATE_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+
+    /// Time allowed between sending a request upstream and receiving its response
+    /// headers (the first byte) [default: 10m].
+    #[arg(long, env = "TOLLGATE_FIRST_BYTE_TIMEOUT", value_parser = parse_duration)]
+    pub first_byte_timeout: Option<Duration>,
+
+    /// Longest silence allowed between two pieces of a body, in either direction;
+    /// there is no total deadline on a stream [default: 300s].
+    #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// On SIGTERM or SIGINT, how long in-flight requests may take to finish
+    /// [default: 30s].
+    #[arg(long, env = "TOLLGATE_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// Parses `10s`, `250ms`, `5m`, `1h 30m` and the like.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}

@@ -1,0 +1,121 @@
+//! What each subcommand does: `serve`, `check`, `certs dev`.
+//!
+//! Commands write their results to standard output and their logs to standard
+//! error; they return an error instead of exiting, and `main` turns it into the
+//! exit code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use crate::cli::{CertsCommand, Cli, Command, ServeArgs};
+use crate::config::{Config, ConfigError};
+use crate::proxy::{ServeError, Server};
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The server could not start.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// Certificates could not be written.
+    #[error(transparent)]
+    Certs(#[from] crate::certs::CertsError),
+    /// The async runtime or standard output failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the command the command line names.
+pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Check(args) => check(&args),
+        Command::Certs(CertsCommand::Dev(args)) => {
+            let written = crate::certs::write_dev(&args.dir, args.force)?;
+            let mut out = std::io::stdout().lock();
+            for path in written {
+                writeln!(out, "wrote {}", path.display())?;
+            }
+            writeln!(
+                out,
+                "serve with: tollgate serve --tls-cert {} --tls-key {}",
+                args.dir.join(crate::certs::SERVER_CERT).display(),
+                args.dir.join(crate::certs::SERVER_KEY).display()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn serve(args: &ServeArgs) -> Result<ExitCode, CommandError> {
+    let config = Config::load(args)?;
+    runtime()?.block_on(async move {
+        if let Some(file) = &config.file {
+            tracing::info!(file = %file.display(), "configuration loaded");
+        }
+        let upstream = config.upstream.to_string();
+        let server = Server::bind(config).await?;
+        tracing::info!(upstream = %upstream, "listening on {}", server.url());
+        server.run(shutdown_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
+    let config = Config::load(args)?;
+    if let Some(files) = &config.tls {
+        crate::proxy::tls::server_config(files).map_err(ServeError::from)?;
+    }
+    let mut out = std::io::stdout().lock();
+    let file = config
+        .file
+        .as_ref()
+        .map_or_else(|| "(none; built-in defaults)".to_owned(), |p| p.display().to_string());
+    writeln!(out, "configuration OK")?;
+    writeln!(out, "  config file:   {file}")?;
+    writeln!(out, "  listen:        {}", config.listen)?;
+    writeln!(out, "  tls:           {}", if config.tls.is_some() { "on" } else { "off" })?;
+    writeln!(out, "  upstream:      {}", config.upstream)?;
+    writeln!(out, "  max body:      {} bytes", config.limits.max_body_bytes)?;
+    writeln!(
+        out,
+        "  max headers:   {} bytes, {} headers",
+        config.limits.max_header_bytes, config.limits.max_headers
+    )?;
+    let t = &config.timeouts;
+    writeln!(
+        out,
+        "  timeouts:      header read {:?}, connect {:?}, first byte {:?}, idle {:?}, shutdown grace {:?}",
+        t.header_read, t.connect, t.first_byte, t.idle, t.shutdown_grace
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server"),
+        }
+    }
+    if tokio::signal::ctrl_c().await.is_ok() {
+        tracing::info!("SIGINT received");
+    }
+}

@@ -1,0 +1,452 @@
+//! Configuration: the raw `tollgate.toml`, merged with flags and variables, then
+//! validated into a [`Config`] the rest of the program can trust.
+//!
+//! Parsing happens in two stages. [`RawConfig`] mirrors the file exactly and rejects
+//! unknown keys; [`Config::resolve`] merges it under the command line (flag, then
+//! `TOLLGATE_*` variable, then file, then default), resolves relative paths (file
+//! values against the file's directory, flags against the working directory) and
+//! checks every value, so that a bad configuration fails before anything listens.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Default upstream origin.
+pub const DEFAULT_UPSTREAM: &str = "https://api.openai.com";
+/// Name of the configuration file read from the working directory when no
+/// `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "tollgate.toml";
+
+/// A configuration that could not be loaded or is not valid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has unknown keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the offending location.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid `{key}`: {message}")]
+    Invalid {
+        /// The key (file) or flag name.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `tollgate.toml` exactly as written. Every key is also a `serve` flag of the same
+/// name (with `-` for `_`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    listen: Option<String>,
+    upstream: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_body_bytes: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    header_read_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    first_byte_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+impl RawConfig {
+    /// Parses the text of a configuration file.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+}
+
+/// The validated configuration of a running proxy.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// Certificate and key for HTTPS; plain HTTP when absent.
+    pub tls: Option<TlsFiles>,
+    /// Size limits on requests.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// The configuration file that was read, if any.
+    pub file: Option<PathBuf>,
+}
+
+/// The upstream origin, split into the parts the relay needs.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// Host and port.
+    pub authority: Authority,
+    /// A path prefix put before every request path (empty, or `/something` without
+    /// a trailing slash).
+    pub base_path: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// Certificate chain and private key files for the HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Size limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body in bytes.
+    pub max_body_bytes: u64,
+    /// Largest total size of request headers (names, values and separators).
+    pub max_header_bytes: usize,
+    /// Largest number of request headers.
+    pub max_headers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// Timeouts. None of them bounds the total length of a streaming response.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Client: TLS handshake plus request headers.
+    pub header_read: Duration,
+    /// Upstream: opening the connection.
+    pub connect: Duration,
+    /// Upstream: from request sent to response headers received.
+    pub first_byte: Duration,
+    /// Either direction: longest gap between two pieces of a body.
+    pub idle: Duration,
+    /// Shutdown: how long in-flight requests may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(30),
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(600),
+            idle: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration file named by the arguments (or `./tollgate.toml`
+    /// when it exists) and merges the arguments over it.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => Some(path.clone()),
+            None => {
+                let default = PathBuf::from(DEFAULT_CONFIG_FILE);
+                default.is_file().then_some(default)
+            }
+        };
+        let raw = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                RawConfig::parse(&text, path)?
+            }
+            None => RawConfig::default(),
+        };
+        let base_dir = file
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut config = Self::resolve(args, raw, &base_dir)?;
+        config.file = file;
+        Ok(config)
+    }
+
+    /// Merges flags over a parsed file and validates the result. Relative paths from
+    /// the file are taken relative to `file_dir`.
+    pub fn resolve(args: &ServeArgs, raw: RawConfig, file_dir: &Path) -> Result<Self, ConfigError> {
+        let listen_text = args
+            .listen
+            .clone()
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "listen",
+                message: format!("{listen_text:?} is not an address like 127.0.0.1:7070 ({e})"),
+            })?;
+
+        let upstream_text = args
+            .upstream
+            .clone()
+            .or(raw.upstream)
+            .unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
+        let upstream = parse_upstream(&upstream_text)?;
+
+        let in_file = |p: PathBuf| if p.is_absolute() { p } else { file_dir.join(p) };
+        let tls_cert = args.tls_cert.clone().or(raw.tls_cert.map(in_file));
+        let tls_key = args.tls_key.clone().or(raw.tls_key.map(in_file));
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_key",
+                    message: "tls_cert is set but tls_key is not".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert",
+                    message: "tls_key is set but tls_cert is not".into(),
+                });
+            }
+        };
+
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_body_bytes: args
+                .max_body_bytes
+                .or(raw.max_body_bytes)
+                .unwrap_or(defaults.max_body_bytes),
+            max_header_bytes: args
+                .max_header_bytes
+                .or(raw.max_header_bytes)
+                .unwrap_or(defaults.max_header_bytes),
+            max_headers: args
+                .max_headers
+                .or(raw.max_headers)
+                .unwrap_or(defaults.max_headers),
+        };
+        if limits.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be at least 1"));
+        }
+        if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
+            return Err(invalid("max_header_bytes", "must be between 1024 and 1048576"));
+        }
+        if !(8..=1000).contains(&limits.max_headers) {
+            return Err(invalid("max_headers", "must be between 8 and 1000"));
+        }
+
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            header_read: duration(
+                "header_read_timeout",
+                args.header_read_timeout,
+                raw.header_read_timeout,
+                d.header_read,
+            )?,
+            connect: duration(
+                "connect_timeout",
+                args.connect_timeout,
+                raw.connect_timeout,
+                d.connect,
+            )?,
+            first_byte: duration(
+                "first_byte_timeout",
+                args.first_byte_timeout,
+                raw.first_byte_timeout,
+                d.first_byte,
+            )?,
+            idle: duration("idle_timeout", args.idle_timeout, raw.idle_timeout, d.idle)?,
+            shutdown_grace: duration(
+                "shutdown_grace",
+                args.shutdown_grace,
+                raw.shutdown_grace,
+                d.shutdown_grace,
+            )?,
+        };
+
+        Ok(Self {
+            listen,
+            upstream,
+            tls,
+            limits,
+            timeouts,
+            file: None,
+        })
+    }
+}
+
+fn invalid(key: &'static str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.to_owned(),
+    }
+}
+
+fn duration(
+    key: &'static str,
+    flag: Option<Duration>,
+    file: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = match (flag, file) {
+        (Some(d), _) => d,
+        (None, Some(text)) => crate::cli::parse_duration(&text).map_err(|message| ConfigError::Invalid { key, message })?,
+        (None, None) => default,
+    };
+    if value.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(value)
+}
+
+/// Parses and checks the upstream origin: `http` or `https`, a host, no user info,
+/// query or fragment. A path is kept as a prefix.
+pub fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
+    let bad = |message: String| ConfigError::Invalid {
+        key: "upstream",
+        message,
+    };
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| bad(format!("{text:?} is not a URL ({e})")))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| bad(format!("{text:?} has no scheme; use http:// or https://")))?;
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(bad(format!("scheme {scheme} is not supported; use http or https")));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| bad(format!("{text:?} has no host")))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("user info in the upstream URL is not allowed".into()));
+    }
+    if authority.host().is_empty() {
+        return Err(bad(format!("{text:?} has no host")));
+    }
+    if uri.query().is_some() || text.contains('#') {
+        return Err(bad("the upstream URL must not have a query or fragment".into()));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Upstream {
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: ServeArgs, file: &str) -> Result<Config, ConfigError> {
+        let raw = RawConfig::parse(file, Path::new("t.toml"))?;
+        Config::resolve(&args, raw, Path::new("/etc/tollgate"))
+    }
+
+    #[test]
+    fn defaults_without_anything() {
+        let c = resolve(ServeArgs::default(), "").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.upstream.to_string(), "https://api.openai.com");
+        assert!(c.tls.is_none());
+        assert_eq!(c.limits.max_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.timeouts.idle, Duration::from_secs(300));
+        assert_eq!(c.timeouts.connect, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:9999".into()),
+            ..ServeArgs::default()
+        };
+        let c = resolve(
+            args,
+            "listen = \"127.0.0.1:1111\"\nupstream = \"http://127.0.0.1:8080/base/\"\nidle_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.upstream.to_string(), "http://127.0.0.1:8080/base");
+        assert_eq!(c.timeouts.idle, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = resolve(ServeArgs::default(), "listne = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn file_paths_are_relative_to_the_file() {
+        let c = resolve(
+            ServeArgs::default(),
+            "tls_cert = \"certs/server.pem\"\ntls_key = \"/abs/key.pem\"\n",
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/tollgate/certs/server.pem"));
+        assert_eq!(tls.key, PathBuf::from("/abs/key.pem"));
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (file, key) in [
+            ("listen = \"nowhere\"", "listen"),
+            ("upstream = \"ftp://x\"", "upstream"),
+            ("upstream = \"https://user:pw@x\"", "upstream"),
+            ("upstream = \"api.openai.com\"", "upstream"),
+            ("idle_timeout = \"soon\"", "idle_timeout"),
+            ("idle_timeout = \"0s\"", "idle_timeout"),
+            ("max_body_bytes = 0", "max_body_bytes"),
+            ("max_headers = 2", "max_headers"),
+            ("tls_cert = \"a.pem\"", "tls_key"),
+        ] {
+            match resolve(ServeArgs::default(), file) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{file}"),
+                other => panic!("{file}: expected invalid {key}, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! tollgate: a transparent reverse proxy for the OpenAI API that governs tool calls.
+//!
+//! An agent sets `OPENAI_BASE_URL` to tollgate and changes nothing else. Every
+//! request and response passes through unchanged, byte for byte, status, headers
+//! (less the hop-by-hop ones) and SSE framing included. The governance stages
+//! (inject, inspect, decide, sign, act) are described in `ARCHITECTURE.md`.
+//!
+//! The crate is laid out along the request's path:
+//!
+//! - [`cli`] and [`config`]: what the operator asked for, validated once;
+//! - [`proxy`]: listener, TLS, connections, and the per-request relay pipeline;
+//! - [`error`]: tollgate's own errors as OpenAI-shaped responses;
+//! - [`certs`]: development certificates for the HTTPS listener.
+
+pub mod certs;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod telemetry;
