@@ -10,8 +10,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// File names written into the target directory.
@@ -81,7 +81,10 @@ pub fn generate() -> Result<DevCerts, CertsError> {
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, "localhost");
     params.distinguished_name = name;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     let issuer = Issuer::from_params(&ca_params, &ca_key);
@@ -99,10 +102,8 @@ pub fn generate() -> Result<DevCerts, CertsError> {
 /// the paths written.
 pub fn write_dev(dir: &Path, force: bool) -> Result<Vec<PathBuf>, CertsError> {
     let files = [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY].map(|name| dir.join(name));
-    if !force {
-        if let Some(existing) = files.iter().find(|p| p.exists()) {
-            return Err(CertsError::Exists(existing.clone()));
-        }
+    if let Some(existing) = files.iter().find(|p| !force && p.exists()) {
+        return Err(CertsError::Exists(existing.clone()));
     }
     std::fs::create_dir_all(dir).map_err(|source| CertsError::Write {
         path: dir.to_path_buf(),
@@ -159,10 +160,16 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(SERVER_KEY)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(SERVER_KEY))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert!(matches!(write_dev(dir.path(), false), Err(CertsError::Exists(_))));
+        assert!(matches!(
+            write_dev(dir.path(), false),
+            Err(CertsError::Exists(_))
+        ));
         assert!(write_dev(dir.path(), true).is_ok());
     }
 }

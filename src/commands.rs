@@ -52,7 +52,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn serve(args: &ServeArgs) -> Result<ExitCode, CommandError> {
@@ -75,16 +77,24 @@ fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
         crate::proxy::tls::server_config(files).map_err(ServeError::from)?;
     }
     let mut out = std::io::stdout().lock();
-    let file = config
-        .file
-        .as_ref()
-        .map_or_else(|| "(none; built-in defaults)".to_owned(), |p| p.display().to_string());
+    let file = config.file.as_ref().map_or_else(
+        || "(none; built-in defaults)".to_owned(),
+        |p| p.display().to_string(),
+    );
     writeln!(out, "configuration OK")?;
     writeln!(out, "  config file:   {file}")?;
     writeln!(out, "  listen:        {}", config.listen)?;
-    writeln!(out, "  tls:           {}", if config.tls.is_some() { "on" } else { "off" })?;
+    writeln!(
+        out,
+        "  tls:           {}",
+        if config.tls.is_some() { "on" } else { "off" }
+    )?;
     writeln!(out, "  upstream:      {}", config.upstream)?;
-    writeln!(out, "  max body:      {} bytes", config.limits.max_body_bytes)?;
+    writeln!(
+        out,
+        "  max body:      {} bytes",
+        config.limits.max_body_bytes
+    )?;
     writeln!(
         out,
         "  max headers:   {} bytes, {} headers",
@@ -112,7 +122,9 @@ async fn shutdown_signal() {
                 }
                 return;
             }
-            Err(error) => tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server")
+            }
         }
     }
     if tokio::signal::ctrl_c().await.is_ok() {

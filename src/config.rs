@@ -268,7 +268,10 @@ impl Config {
             return Err(invalid("max_body_bytes", "must be at least 1"));
         }
         if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
-            return Err(invalid("max_header_bytes", "must be between 1024 and 1048576"));
+            return Err(invalid(
+                "max_header_bytes",
+                "must be between 1024 and 1048576",
+            ));
         }
         if !(8..=1000).contains(&limits.max_headers) {
             return Err(invalid("max_headers", "must be between 8 and 1000"));
@@ -329,7 +332,8 @@ fn duration(
 ) -> Result<Duration, ConfigError> {
     let value = match (flag, file) {
         (Some(d), _) => d,
-        (None, Some(text)) => crate::cli::parse_duration(&text).map_err(|message| ConfigError::Invalid { key, message })?,
+        (None, Some(text)) => crate::cli::parse_duration(&text)
+            .map_err(|message| ConfigError::Invalid { key, message })?,
         (None, None) => default,
     };
     if value.is_zero() {
@@ -353,7 +357,9 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
         .cloned()
         .ok_or_else(|| bad(format!("{text:?} has no scheme; use http:// or https://")))?;
     if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-        return Err(bad(format!("scheme {scheme} is not supported; use http or https")));
+        return Err(bad(format!(
+            "scheme {scheme} is not supported; use http or https"
+        )));
     }
     let authority = uri
         .authority()
@@ -366,7 +372,9 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, ConfigError> {
         return Err(bad(format!("{text:?} has no host")));
     }
     if uri.query().is_some() || text.contains('#') {
-        return Err(bad("the upstream URL must not have a query or fragment".into()));
+        return Err(bad(
+            "the upstream URL must not have a query or fragment".into()
+        ));
     }
     let base_path = uri.path().trim_end_matches('/').to_owned();
     Ok(Upstream {

@@ -221,7 +221,10 @@ mod tests {
         let timeout = ProxyError::UpstreamTimeout { detail: "x".into() };
         assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
         let headers = ProxyError::HeadersTooLarge { detail: "x".into() };
-        assert_eq!(headers.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(
+            headers.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
         assert!(!headers.retryable());
         let r = headers.into_response("tg_1");
         assert_eq!(r.headers()["x-request-id"], "tg_1");

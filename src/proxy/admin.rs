@@ -15,7 +15,11 @@ use crate::error::ProxyError;
 pub const PREFIX: &str = "/tollgate/";
 
 /// Answers an admin request; `rest` is the path after [`PREFIX`].
-pub fn handle(shared: &Shared, method: &Method, rest: &str) -> Result<Response<ProxyBody>, ProxyError> {
+pub fn handle(
+    shared: &Shared,
+    method: &Method,
+    rest: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let path = format!("{PREFIX}{rest}");
     let known = matches!(rest, "healthz" | "readyz");
     if !known {
@@ -37,9 +41,10 @@ pub fn handle(shared: &Shared, method: &Method, rest: &str) -> Result<Response<P
     };
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -33,7 +33,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.
@@ -48,6 +50,8 @@ pub enum RequestBodyFault {
     TooLarge,
     /// The client sent nothing for longer than the idle timeout.
     Stalled,
+    /// The client's body was malformed or the client broke off mid-body.
+    Broken,
 }
 
 /// Shared record of how a [`RequestBody`] ended, readable after the upstream call.
@@ -59,6 +63,7 @@ impl RequestBodyOutcome {
         let v = match fault {
             RequestBodyFault::TooLarge => 1,
             RequestBodyFault::Stalled => 2,
+            RequestBodyFault::Broken => 3,
         };
         self.0.store(v, Ordering::Release);
     }
@@ -68,6 +73,7 @@ impl RequestBodyOutcome {
         match self.0.load(Ordering::Acquire) {
             1 => Some(RequestBodyFault::TooLarge),
             2 => Some(RequestBodyFault::Stalled),
+            3 => Some(RequestBodyFault::Broken),
             _ => None,
         }
     }
@@ -95,7 +101,12 @@ pin_project! {
 
 impl<B> RequestBody<B> {
     /// Wraps `inner`; `outcome` records why it failed, if it does.
-    pub fn new(inner: B, limit: u64, idle_timeout: Duration, outcome: Arc<RequestBodyOutcome>) -> Self {
+    pub fn new(
+        inner: B,
+        limit: u64,
+        idle_timeout: Duration,
+        outcome: Arc<RequestBodyOutcome>,
+    ) -> Self {
         Self {
             inner,
             idle: tokio::time::sleep(idle_timeout),
@@ -115,7 +126,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -125,17 +139,25 @@ where
                     *this.seen += data.len() as u64;
                     if *this.seen > *this.limit {
                         this.outcome.set(RequestBodyFault::TooLarge);
-                        return Poll::Ready(Some(Err(RequestBodyError(RequestBodyFault::TooLarge).into())));
+                        return Poll::Ready(Some(Err(RequestBodyError(
+                            RequestBodyFault::TooLarge,
+                        )
+                        .into())));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.outcome.set(RequestBodyFault::Broken);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.idle.poll(cx).is_ready() {
                     this.outcome.set(RequestBodyFault::Stalled);
-                    return Poll::Ready(Some(Err(RequestBodyError(RequestBodyFault::Stalled).into())));
+                    return Poll::Ready(Some(Err(
+                        RequestBodyError(RequestBodyFault::Stalled).into()
+                    )));
                 }
                 Poll::Pending
             }
@@ -174,7 +196,8 @@ impl StreamErrorStyle {
                 Bytes::from(format!("data: {v}\n\n"))
             }
             Self::Anthropic => {
-                let v = json!({"type": "error", "error": {"type": "api_error", "message": message}});
+                let v =
+                    json!({"type": "error", "error": {"type": "api_error", "message": message}});
                 Bytes::from(format!("event: error\ndata: {v}\n\n"))
             }
         }
@@ -199,7 +222,12 @@ pin_project! {
 impl<B> ResponseBody<B> {
     /// Wraps `inner`. With `sse`, the body is framed into whole events and a failure
     /// ends it with an error event of that style; without, a failure aborts it.
-    pub fn new(inner: B, idle_timeout: Duration, sse: Option<StreamErrorStyle>, request_id: Arc<str>) -> Self {
+    pub fn new(
+        inner: B,
+        idle_timeout: Duration,
+        sse: Option<StreamErrorStyle>,
+        request_id: Arc<str>,
+    ) -> Self {
         Self {
             inner,
             idle: tokio::time::sleep(idle_timeout),
@@ -230,7 +258,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         loop {
             if *this.done {
@@ -284,7 +315,9 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || (self.sse.as_ref().is_none_or(|(f, _)| !f.has_partial()) && self.inner.is_end_stream())
+        self.done
+            || (self.sse.as_ref().is_none_or(|(f, _)| !f.has_partial())
+                && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

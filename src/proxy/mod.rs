@@ -90,13 +90,15 @@ impl Server {
             Some(files) => Some(TlsAcceptor::from(tls::server_config(files)?)),
             None => None,
         };
-        let client = upstream::client(&config.upstream, &config.timeouts).map_err(ServeError::Upstream)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let client =
+            upstream::client(&config.upstream, &config.timeouts).map_err(ServeError::Upstream)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
             addr: config.listen,
             source,
@@ -168,17 +170,20 @@ impl Server {
                         watcher.watch(conn).await
                     }
                     Some(acceptor) => {
-                        let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, %error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                        let tls_stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
                         let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
                         watcher.watch(conn).await
                     }
@@ -192,7 +197,11 @@ impl Server {
         shared.draining.store(true, Ordering::Release);
         drop(listener);
         let grace = config.timeouts.shutdown_grace;
-        tracing::info!(connections = graceful.count(), ?grace, "shutting down: no new connections, finishing in-flight requests");
+        tracing::info!(
+            connections = graceful.count(),
+            ?grace,
+            "shutting down: no new connections, finishing in-flight requests"
+        );
         tokio::select! {
             () = graceful.shutdown() => tracing::info!("all connections finished"),
             () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),

@@ -13,12 +13,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, Version, header};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::Shared;
 use super::admin;
-use super::body::{ProxyBody, RequestBody, RequestBodyFault, RequestBodyOutcome, ResponseBody, StreamErrorStyle};
+use super::body::{
+    ProxyBody, RequestBody, RequestBodyFault, RequestBodyOutcome, ResponseBody, StreamErrorStyle,
+};
 use super::headers::{remove_hop_by_hop, section_size, wants_upgrade};
 use super::upstream;
 use crate::error::ProxyError;
@@ -60,7 +63,11 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
     response
 }
 
-async fn route(shared: &Arc<Shared>, req: Request<Incoming>, request_id: &Arc<str>) -> Result<Response<ProxyBody>, ProxyError> {
+async fn route(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    request_id: &Arc<str>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     if let Some(rest) = req.uri().path().strip_prefix(admin::PREFIX) {
         return admin::handle(shared, req.method(), rest);
     }
@@ -73,13 +80,20 @@ fn admit(shared: &Shared, req: &Request<Incoming>) -> Result<(), ProxyError> {
     let limits = &shared.config.limits;
     if req.headers().len() > limits.max_headers {
         return Err(ProxyError::HeadersTooLarge {
-            detail: format!("{} headers, the limit is {}", req.headers().len(), limits.max_headers),
+            detail: format!(
+                "{} headers, the limit is {}",
+                req.headers().len(),
+                limits.max_headers
+            ),
         });
     }
     let size = section_size(req.headers());
     if size > limits.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge {
-            detail: format!("{size} bytes of headers, the limit is {}", limits.max_header_bytes),
+            detail: format!(
+                "{size} bytes of headers, the limit is {}",
+                limits.max_header_bytes
+            ),
         });
     }
     if req.method() == Method::CONNECT {
@@ -100,12 +114,10 @@ fn admit(shared: &Shared, req: &Request<Incoming>) -> Result<(), ProxyError> {
             code: "upgrade_not_supported",
         });
     }
-    if let Some(length) = declared_length(req)? {
-        if length > limits.max_body_bytes {
-            return Err(ProxyError::BodyTooLarge {
-                limit: limits.max_body_bytes,
-            });
-        }
+    if declared_length(req)?.is_some_and(|length| length > limits.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge {
+            limit: limits.max_body_bytes,
+        });
     }
     Ok(())
 }
@@ -125,7 +137,11 @@ fn declared_length(req: &Request<Incoming>) -> Result<Option<u64>, ProxyError> {
     }
 }
 
-async fn forward(shared: &Arc<Shared>, req: Request<Incoming>, request_id: &Arc<str>) -> Result<Response<ProxyBody>, ProxyError> {
+async fn forward(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    request_id: &Arc<str>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let config = &shared.config;
     let sse_style = if req.uri().path().starts_with("/v1/messages") {
         StreamErrorStyle::Anthropic
@@ -138,30 +154,55 @@ async fn forward(shared: &Arc<Shared>, req: Request<Incoming>, request_id: &Arc<
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.remove(header::EXPECT);
+    // A body of unknown length goes on chunked, whatever the method: left to
+    // itself the client would drop the body of a GET.
+    if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
 
     let outcome = Arc::new(RequestBodyOutcome::default());
-    let body = RequestBody::new(body, config.limits.max_body_bytes, config.timeouts.idle, outcome.clone()).boxed_unsync();
+    let body = RequestBody::new(
+        body,
+        config.limits.max_body_bytes,
+        config.timeouts.idle,
+        outcome.clone(),
+    )
+    .boxed_unsync();
     let upstream_req = Request::from_parts(parts, body);
 
-    let sent = tokio::time::timeout(config.timeouts.first_byte, shared.client.request(upstream_req)).await;
-    let response = match sent {
-        Err(_) => {
+    let sent = tokio::time::timeout(
+        config.timeouts.first_byte,
+        shared.client.request(upstream_req),
+    )
+    .await;
+    // A broken request body is the client's fault, whatever the upstream made of it.
+    let body_fault = outcome.fault().map(|fault| match fault {
+        RequestBodyFault::TooLarge => ProxyError::BodyTooLarge {
+            limit: config.limits.max_body_bytes,
+        },
+        RequestBodyFault::Stalled => ProxyError::RequestTimeout {
+            secs: config.timeouts.idle.as_secs(),
+        },
+        RequestBodyFault::Broken => ProxyError::BadRequest {
+            message: "the request body was malformed or cut short".into(),
+            code: "invalid_request_body",
+        },
+    });
+    let response = match (sent, body_fault) {
+        (_, Some(error)) => return Err(error),
+        (Err(_), None) => {
             return Err(ProxyError::UpstreamTimeout {
-                detail: format!("no response headers within {:?}", config.timeouts.first_byte),
+                detail: format!(
+                    "no response headers within {:?}",
+                    config.timeouts.first_byte
+                ),
             });
         }
-        Ok(Err(e)) => {
-            return Err(match outcome.fault() {
-                Some(RequestBodyFault::TooLarge) => ProxyError::BodyTooLarge {
-                    limit: config.limits.max_body_bytes,
-                },
-                Some(RequestBodyFault::Stalled) => ProxyError::RequestTimeout {
-                    secs: config.timeouts.idle.as_secs(),
-                },
-                None => upstream::classify(&e, config.timeouts.connect),
-            });
-        }
-        Ok(Ok(response)) => response,
+        (Ok(Err(e)), None) => return Err(upstream::classify(&e, config.timeouts.connect)),
+        (Ok(Ok(response)), None) => response,
     };
 
     let (mut parts, body) = response.into_parts();
@@ -179,7 +220,11 @@ fn is_plain_event_stream(headers: &http::HeaderMap) -> bool {
     let sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
     let encoded = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

@@ -243,9 +243,17 @@ mod tests {
     #[test]
     fn crlf_blank_line_split_between_cr_and_lf() {
         let mut framer = Framer::new();
-        assert_eq!(framer.push(Bytes::from_static(b"data: x\r\n\r")).as_deref(), Some(&b"data: x\r\n\r"[..]));
+        assert_eq!(
+            framer.push(Bytes::from_static(b"data: x\r\n\r")).as_deref(),
+            Some(&b"data: x\r\n\r"[..])
+        );
         // The LF that completes the CRLF is carried into the next piece, unchanged.
-        assert_eq!(framer.push(Bytes::from_static(b"\ndata: y\r\n\r\n")).as_deref(), Some(&b"\ndata: y\r\n\r\n"[..]));
+        assert_eq!(
+            framer
+                .push(Bytes::from_static(b"\ndata: y\r\n\r\n"))
+                .as_deref(),
+            Some(&b"\ndata: y\r\n\r\n"[..])
+        );
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub fn client(upstream: &Upstream, timeouts: &Timeouts) -> Result<UpstreamClient
     let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
         Ok(builder) => builder,
         Err(e) if upstream.scheme == http::uri::Scheme::HTTPS => {
-            return Err(format!("no trusted root certificates for the https upstream: {e}"));
+            return Err(format!(
+                "no trusted root certificates for the https upstream: {e}"
+            ));
         }
         Err(_) => {
             let config = rustls::ClientConfig::builder()
@@ -97,10 +99,10 @@ pub fn classify(err: &hyper_util::client::legacy::Error, connect_timeout: Durati
 fn caused_by_timeout(err: &(dyn StdError + 'static)) -> bool {
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
         }
         source = e.source();
     }
@@ -130,12 +132,21 @@ mod tests {
     fn targets_keep_path_and_query_under_the_base_path() {
         let plain = parse_upstream("https://api.openai.com").unwrap();
         let uri: Uri = "/v1/models?limit=2".parse().unwrap();
-        assert_eq!(target(&plain, &uri).unwrap().to_string(), "https://api.openai.com/v1/models?limit=2");
+        assert_eq!(
+            target(&plain, &uri).unwrap().to_string(),
+            "https://api.openai.com/v1/models?limit=2"
+        );
         let based = parse_upstream("http://127.0.0.1:9000/openai/").unwrap();
-        assert_eq!(target(&based, &uri).unwrap().to_string(), "http://127.0.0.1:9000/openai/v1/models?limit=2");
+        assert_eq!(
+            target(&based, &uri).unwrap().to_string(),
+            "http://127.0.0.1:9000/openai/v1/models?limit=2"
+        );
         // An absolute-form target keeps only its path: never a different host.
         let absolute: Uri = "http://evil.example/v1/models".parse().unwrap();
-        assert_eq!(target(&plain, &absolute).unwrap().to_string(), "https://api.openai.com/v1/models");
+        assert_eq!(
+            target(&plain, &absolute).unwrap().to_string(),
+            "https://api.openai.com/v1/models"
+        );
     }
 
     #[test]
@@ -146,7 +157,10 @@ mod tests {
         let e = Outer(std::io::Error::new(std::io::ErrorKind::TimedOut, "slow"));
         assert!(caused_by_timeout(&e));
         assert_eq!(chain(&e), "outer: slow");
-        let refused = Outer(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "no"));
+        let refused = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "no",
+        ));
         assert!(!caused_by_timeout(&refused));
     }
 }

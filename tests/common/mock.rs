@@ -1,0 +1,300 @@
+//! An in-process mock of the OpenAI API for tests: a real HTTP server on
+//! 127.0.0.1:0 that records every request it receives (method, target, headers,
+//! body bytes) and answers with replies the test queues: complete bodies with a
+//! content length, chunked bodies, streams the test feeds piece by piece (so that
+//! timing is controlled by the test, not by sleeps), aborted streams, and requests
+//! that are never answered.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type MockBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    /// Path and query.
+    pub target: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// One step of a test-fed stream.
+#[derive(Debug)]
+pub enum Step {
+    /// Send these bytes as one chunk.
+    Data(Bytes),
+    /// Break the connection mid-body.
+    Abort,
+}
+
+/// A reply the mock gives to one request.
+pub enum Reply {
+    /// A complete body with `content-length`.
+    Full {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
+    /// A body sent in these chunks with chunked transfer encoding.
+    Chunked {
+        status: u16,
+        headers: Vec<(String, String)>,
+        chunks: Vec<Bytes>,
+    },
+    /// A body the test feeds through the returned [`StreamFeed`].
+    Stream {
+        status: u16,
+        headers: Vec<(String, String)>,
+        steps: mpsc::UnboundedReceiver<Step>,
+    },
+    /// Never answer.
+    Hang,
+}
+
+impl Reply {
+    /// 200 with a JSON body.
+    pub fn json(body: impl Into<Bytes>) -> Self {
+        Self::Full {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.into(),
+        }
+    }
+
+    /// 200 `text/event-stream` sent in the given chunks.
+    pub fn sse(chunks: Vec<Bytes>) -> Self {
+        Self::Chunked {
+            status: 200,
+            headers: vec![(
+                "content-type".into(),
+                "text/event-stream; charset=utf-8".into(),
+            )],
+            chunks,
+        }
+    }
+
+    /// A stream fed by the test, and the handle that feeds it.
+    pub fn stream(status: u16, headers: Vec<(String, String)>) -> (Self, StreamFeed) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Self::Stream {
+                status,
+                headers,
+                steps: rx,
+            },
+            StreamFeed(tx),
+        )
+    }
+}
+
+/// Feeds a [`Reply::Stream`]. Dropping it ends the body cleanly.
+pub struct StreamFeed(mpsc::UnboundedSender<Step>);
+
+impl StreamFeed {
+    pub fn send(&self, bytes: impl Into<Bytes>) {
+        let _ = self.0.send(Step::Data(bytes.into()));
+    }
+
+    pub fn abort(&self) {
+        let _ = self.0.send(Step::Abort);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    received: Mutex<Vec<Recorded>>,
+    replies: Mutex<VecDeque<Reply>>,
+    arrived: Notify,
+}
+
+/// The running mock.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockUpstream {
+    /// Starts the mock. Requests with no queued reply get an echo: 200 with the
+    /// request's own body and content type.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let accept_state = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = accept_state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(serve(state, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues the reply for the next request.
+    pub fn push(&self, reply: Reply) {
+        self.state.replies.lock().unwrap().push_back(reply);
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Recorded> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived (bounded by 10 s).
+    pub async fn wait_for(&self, n: usize) -> Vec<Recorded> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let notified = self.state.arrived.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "mock upstream: expected {n} requests, got {}",
+                    self.received().len()
+                );
+            }
+        }
+    }
+}
+
+async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<MockBody> {
+    let (parts, body) = req.into_parts();
+    let Ok(collected) = body.collect().await else {
+        // The sender broke off mid-body: nothing to record or answer.
+        let mut response = Response::new(
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    let body = collected.to_bytes();
+    let recorded = Recorded {
+        method: parts.method.clone(),
+        target: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    };
+    let reply = state.replies.lock().unwrap().pop_front();
+    state.received.lock().unwrap().push(recorded);
+    state.arrived.notify_waiters();
+
+    let reply = reply.unwrap_or_else(|| {
+        let content_type = parts
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        Reply::Full {
+            status: 200,
+            headers: vec![("content-type".into(), content_type)],
+            body,
+        }
+    });
+    respond(reply).await
+}
+
+async fn respond(reply: Reply) -> Response<MockBody> {
+    let (status, headers, body) = match reply {
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => (
+            status,
+            headers,
+            Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        ),
+        Reply::Chunked {
+            status,
+            headers,
+            chunks,
+        } => {
+            let stream = futures_util::stream::iter(
+                chunks
+                    .into_iter()
+                    .map(|c| Ok::<_, BoxError>(Frame::data(c))),
+            );
+            (status, headers, StreamBody::new(stream).boxed_unsync())
+        }
+        Reply::Stream {
+            status,
+            headers,
+            steps,
+        } => {
+            let stream = futures_util::stream::unfold(steps, |mut steps| async move {
+                match steps.recv().await {
+                    Some(Step::Data(bytes)) => Some((Ok::<_, BoxError>(Frame::data(bytes)), steps)),
+                    Some(Step::Abort) => {
+                        Some((Err::<Frame<Bytes>, BoxError>("mock abort".into()), steps))
+                    }
+                    None => None,
+                }
+            });
+            (status, headers, StreamBody::new(stream).boxed_unsync())
+        }
+        Reply::Hang => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+    for (name, value) in headers {
+        response.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(&value).unwrap(),
+        );
+    }
+    response
+}

@@ -1,0 +1,23 @@
+//! The integration suite: the proxy (in process, or the real binary) on
+//! 127.0.0.1:0 in front of the in-process mock upstream.
+//!
+//! - `transparency`: what passes through is unchanged, both ways;
+//! - `streaming`: event streams relayed event by event, recorded API streams byte
+//!   for byte, upstream failures mid-stream;
+//! - `failures`: bad input and a bad upstream each get a clean error while the
+//!   process keeps serving;
+//! - `lifecycle`: the binary's commands, HTTPS, admin endpoints, shutdown.
+
+// Tests may unwrap: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+#[path = "integration/failures.rs"]
+mod failures;
+#[path = "integration/lifecycle.rs"]
+mod lifecycle;
+#[path = "integration/streaming.rs"]
+mod streaming;
+#[path = "integration/transparency.rs"]
+mod transparency;

@@ -1,0 +1,311 @@
+//! Failures: malformed HTTP, oversized bodies and headers, slow clients, and an
+//! unreachable, silent or broken upstream. Each gets a clean error (OpenAI-shaped
+//! JSON where tollgate can write one), nothing is forwarded that should not be,
+//! and the process keeps serving others.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::mock::{MockUpstream, Reply};
+use crate::common::{TestProxy, WAIT, client, raw_exchange, split_response};
+
+/// Asserts an OpenAI-shaped error from tollgate and returns its `code`.
+async fn tollgate_error(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(request_id.starts_with("tgr_"), "{request_id}");
+    assert_eq!(
+        response.headers()["x-tollgate-request-id"],
+        request_id.as_str()
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    let error = &body["error"];
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(error["type"].is_string());
+    assert!(error.get("param").is_some_and(|p| p.is_null()));
+    error["code"].as_str().unwrap().to_owned()
+}
+
+async fn still_serving(proxy: &TestProxy, mock: &MockUpstream) {
+    mock.push(Reply::json("{\"alive\":true}"));
+    let response = client()
+        .get(format!("{}/v1/models", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "{\"alive\":true}");
+}
+
+#[tokio::test]
+async fn malformed_http_gets_400_and_the_server_keeps_serving() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "").await;
+    for garbage in [
+        &b"THIS IS NOT HTTP\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+        b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"GET /v1/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        let raw = raw_exchange(proxy.addr, garbage).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert!(
+            text.starts_with("HTTP/1.1 400"),
+            "{:?} -> {text}",
+            String::from_utf8_lossy(garbage)
+        );
+    }
+    assert!(
+        mock.received().is_empty(),
+        "malformed requests were forwarded"
+    );
+    still_serving(&proxy, &mock).await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_before_or_while_streaming() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "max_body_bytes = 1048576").await;
+    // Declared too large: refused without contacting the upstream.
+    let response = client()
+        .post(format!("{}/v1/files", proxy.url))
+        .body(vec![b'x'; 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tollgate_error(response, 413).await,
+        "request_body_too_large"
+    );
+    assert!(mock.received().is_empty());
+
+    // Undeclared (chunked) and too large: cut off mid-stream, still a 413.
+    let stream =
+        futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 64 * 1024])));
+    let response = client()
+        .post(format!("{}/v1/files", proxy.url))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tollgate_error(response, 413).await,
+        "request_body_too_large"
+    );
+
+    // Exactly at the limit passes.
+    let response = client()
+        .post(format!("{}/v1/files", proxy.url))
+        .body(vec![b'z'; 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len(), 1024 * 1024);
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "max_header_bytes = 8192\nmax_headers = 20").await;
+    // Just over tollgate's limit: tollgate's own JSON error.
+    let response = client()
+        .get(format!("{}/v1/models", proxy.url))
+        .header("x-big", "a".repeat(9000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        tollgate_error(response, 431).await,
+        "request_headers_too_large"
+    );
+    // Too many headers.
+    let mut request = client().get(format!("{}/v1/models", proxy.url));
+    for i in 0..25 {
+        request = request.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(
+        tollgate_error(request.send().await.unwrap(), 431).await,
+        "request_headers_too_large"
+    );
+    // Far over it: refused by the HTTP layer before a request exists.
+    let huge = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
+        "b".repeat(200_000)
+    );
+    let raw = raw_exchange(proxy.addr, huge.as_bytes()).await;
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 431"));
+    assert!(mock.received().is_empty());
+    still_serving(&proxy, &mock).await;
+}
+
+#[tokio::test]
+async fn a_client_sending_headers_slowly_is_dropped_without_slowing_others() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "header_read_timeout = \"300ms\"").await;
+    let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // Others are served while the slow client holds its connection.
+    still_serving(&proxy, &mock).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the slow client was never dropped");
+    assert!(
+        mock.received().len() == 1,
+        "the slow request reached the upstream"
+    );
+    still_serving(&proxy, &mock).await;
+}
+
+#[tokio::test]
+async fn a_client_stalling_mid_body_gets_408() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "idle_timeout = \"300ms\"").await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        // Read until the complete head and JSON body have arrived.
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            raw.extend_from_slice(&buf[..n]);
+            if n == 0 || raw.ends_with(b"}}") {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (head, body) = split_response(&raw);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"]["code"], "request_body_timeout");
+    still_serving(&proxy, &mock).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let proxy = TestProxy::start(&format!("http://127.0.0.1:{port}"), "").await;
+    let response = client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-should-retry"], "true");
+    assert_eq!(tollgate_error(response, 502).await, "upstream_unreachable");
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_is_a_504() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "first_byte_timeout = \"300ms\"").await;
+    mock.push(Reply::Hang);
+    let response = client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tollgate_error(response, 504).await, "upstream_timeout");
+    still_serving(&proxy, &mock).await;
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_untouched() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "").await;
+    let rate_limited = "{\"error\":{\"message\":\"Rate limit reached for gpt-4o\",\"type\":\"requests\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}";
+    mock.push(Reply::Full {
+        status: 429,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("retry-after".into(), "7".into()),
+            ("retry-after-ms".into(), "7000".into()),
+            ("x-request-id".into(), "req_429".into()),
+            ("x-ratelimit-remaining-requests".into(), "0".into()),
+        ],
+        body: rate_limited.into(),
+    });
+    let response = client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(response.headers()["retry-after-ms"], "7000");
+    assert_eq!(response.headers()["x-request-id"], "req_429");
+    assert_eq!(response.headers()["x-ratelimit-remaining-requests"], "0");
+    assert!(response.headers().get("x-tollgate-error-source").is_none());
+    assert_eq!(response.text().await.unwrap(), rate_limited);
+
+    let server_error = "{\"error\":{\"message\":\"The server had an error\",\"type\":\"server_error\",\"param\":null,\"code\":null}}";
+    mock.push(Reply::Full {
+        status: 500,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("x-request-id".into(), "req_500".into()),
+        ],
+        body: server_error.into(),
+    });
+    let response = client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["x-request-id"], "req_500");
+    assert_eq!(response.text().await.unwrap(), server_error);
+}
+
+#[tokio::test]
+async fn requests_a_reverse_proxy_cannot_relay_are_refused() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "").await;
+    let upgrade = client()
+        .get(format!("{}/v1/realtime", proxy.url))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tollgate_error(upgrade, 400).await, "upgrade_not_supported");
+    let raw = raw_exchange(proxy.addr, b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\nConnection: close\r\n\r\n").await;
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 400"));
+    let raw = raw_exchange(
+        proxy.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 400"));
+    assert!(mock.received().is_empty());
+    // An absolute-form target is relayed to the configured upstream, never elsewhere.
+    mock.push(Reply::json("{}"));
+    let raw = raw_exchange(
+        proxy.addr,
+        b"GET http://elsewhere.invalid/v1/models HTTP/1.1\r\nHost: elsewhere.invalid\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    let got = &mock.wait_for(1).await[0];
+    assert_eq!(got.target, "/v1/models");
+    assert_eq!(got.headers["host"], mock.addr.to_string().as_str());
+}
