@@ -64,6 +64,14 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         steps: mpsc::UnboundedReceiver<Step>,
     },
+    /// Chunked, with a pause before the first chunk and between chunks.
+    Timed {
+        status: u16,
+        headers: Vec<(String, String)>,
+        first: std::time::Duration,
+        interval: std::time::Duration,
+        chunks: Vec<Bytes>,
+    },
     /// Never answer.
     Hang,
 }
@@ -117,11 +125,15 @@ impl StreamFeed {
     }
 }
 
-#[derive(Default)]
+/// Chooses the reply to a request when none is queued.
+pub type Responder = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
 struct State {
     received: Mutex<Vec<Recorded>>,
     replies: Mutex<VecDeque<Reply>>,
     arrived: Notify,
+    responder: Responder,
+    record: bool,
 }
 
 /// The running mock.
@@ -142,8 +154,20 @@ impl MockUpstream {
     /// request's own body and content type.
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, Arc::new(echo), true)
+    }
+
+    /// Serves on `listener`, answering every request with `responder` (queued
+    /// replies first). With `record` false nothing is kept, for long runs.
+    pub fn serve(listener: TcpListener, responder: Responder, record: bool) -> Self {
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            received: Mutex::default(),
+            replies: Mutex::default(),
+            arrived: Notify::new(),
+            responder,
+            record,
+        });
         let accept_state = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -156,6 +180,7 @@ impl MockUpstream {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(serve(state, req).await) }
                     });
+                    let _ = stream.set_nodelay(true);
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -220,26 +245,30 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<MockBody> 
             .unwrap_or_default(),
         version: parts.version,
         headers: parts.headers.clone(),
-        body: body.clone(),
+        body,
     };
     let reply = state.replies.lock().unwrap().pop_front();
-    state.received.lock().unwrap().push(recorded);
-    state.arrived.notify_waiters();
-
-    let reply = reply.unwrap_or_else(|| {
-        let content_type = parts
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        Reply::Full {
-            status: 200,
-            headers: vec![("content-type".into(), content_type)],
-            body,
-        }
-    });
+    let reply = reply.unwrap_or_else(|| (state.responder)(&recorded));
+    if state.record {
+        state.received.lock().unwrap().push(recorded);
+        state.arrived.notify_waiters();
+    }
     respond(reply).await
+}
+
+/// The default responder: 200 with the request's own body and content type.
+pub fn echo(request: &Recorded) -> Reply {
+    let content_type = request
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    Reply::Full {
+        status: 200,
+        headers: vec![("content-type".into(), content_type)],
+        body: request.body.clone(),
+    }
 }
 
 async fn respond(reply: Reply) -> Response<MockBody> {
@@ -281,6 +310,23 @@ async fn respond(reply: Reply) -> Response<MockBody> {
                     None => None,
                 }
             });
+            (status, headers, StreamBody::new(stream).boxed_unsync())
+        }
+        Reply::Timed {
+            status,
+            headers,
+            first,
+            interval,
+            chunks,
+        } => {
+            let stream = futures_util::stream::unfold(
+                (chunks.into_iter(), true),
+                move |(mut rest, is_first)| async move {
+                    let chunk = rest.next()?;
+                    tokio::time::sleep(if is_first { first } else { interval }).await;
+                    Some((Ok::<_, BoxError>(Frame::data(chunk)), (rest, false)))
+                },
+            );
             (status, headers, StreamBody::new(stream).boxed_unsync())
         }
         Reply::Hang => {
