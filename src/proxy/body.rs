@@ -214,10 +214,16 @@ pin_project! {
         idle: Sleep,
         idle_timeout: Duration,
         sse: Option<(Framer, StreamErrorStyle)>,
+        // Part of an event has gone out: a failure now cannot end cleanly.
+        mid_event: bool,
         request_id: Arc<str>,
         done: bool,
     }
 }
+
+/// The most bytes of one unfinished event held back. An event larger than this is
+/// forwarded as it comes rather than buffered without bound.
+pub const MAX_HELD_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
 impl<B> ResponseBody<B> {
     /// Wraps `inner`. With `sse`, the body is framed into whole events and a failure
@@ -233,6 +239,7 @@ impl<B> ResponseBody<B> {
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
             sse: sse.map(|style| (Framer::new(), style)),
+            mid_event: false,
             request_id,
             done: false,
         }
@@ -278,7 +285,17 @@ where
                     match this.sse {
                         None => return Poll::Ready(Some(Ok(Frame::data(data)))),
                         Some((framer, _)) => match framer.push(data) {
-                            Some(events) => return Poll::Ready(Some(Ok(Frame::data(events)))),
+                            Some(events) => {
+                                // What goes out ends at an event boundary.
+                                *this.mid_event = false;
+                                return Poll::Ready(Some(Ok(Frame::data(events))));
+                            }
+                            None if framer.held() > MAX_HELD_EVENT_BYTES => {
+                                *this.mid_event = true;
+                                return Poll::Ready(Some(Ok(Frame::data(
+                                    framer.release_partial(),
+                                ))));
+                            }
                             None => continue,
                         },
                     }
@@ -304,12 +321,12 @@ where
             *this.done = true;
             tracing::warn!(request_id = %this.request_id, error = %failure, "upstream response ended early");
             return match this.sse {
-                Some((framer, style)) => {
+                Some((framer, style)) if !*this.mid_event => {
                     framer.discard();
                     let message = format!("{failure} (tollgate request {})", this.request_id);
                     Poll::Ready(Some(Ok(Frame::data(style.event(&message)))))
                 }
-                None => Poll::Ready(Some(Err(failure.into()))),
+                _ => Poll::Ready(Some(Err(failure.into()))),
             };
         }
     }

@@ -158,38 +158,49 @@ impl Server {
             let watcher = graceful.watcher();
             let shared = shared.clone();
             let tls = tls.clone();
-            let handshake_timeout = config.timeouts.header_read;
+            let first_request_timeout = config.timeouts.header_read;
             tokio::spawn(async move {
+                // The first request must arrive within the header-read timeout of
+                // the accept, TLS handshake and protocol detection included; after
+                // it, HTTP/1.1's own header timeout guards each next request.
+                let first_request = Arc::new(AtomicBool::new(false));
+                let seen = first_request.clone();
                 let service = service_fn(move |req| {
+                    seen.store(true, Ordering::Relaxed);
                     let shared = shared.clone();
                     async move { Ok::<_, Infallible>(relay::handle(shared, req).await) }
                 });
-                let result = match tls {
-                    None => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn).await
-                    }
-                    Some(acceptor) => {
-                        let tls_stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(error)) => {
+                let serve = async {
+                    let result = match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn).await
+                        }
+                        Some(acceptor) => {
+                            let tls_stream = match acceptor.accept(stream).await {
+                                Ok(s) => s,
+                                Err(error) => {
                                     tracing::debug!(%peer, %error, "TLS handshake failed");
                                     return;
                                 }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
                             };
-                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                        watcher.watch(conn).await
+                            let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                            watcher.watch(conn).await
+                        }
+                    };
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
                     }
                 };
-                if let Err(error) = result {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+                let deadline = async {
+                    tokio::time::sleep(first_request_timeout).await;
+                    if first_request.load(Ordering::Relaxed) {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    () = deadline => tracing::debug!(%peer, "no request within the header-read timeout; connection closed"),
                 }
             });
         }

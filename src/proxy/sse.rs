@@ -116,6 +116,17 @@ impl Framer {
         !self.pending.is_empty()
     }
 
+    /// How many bytes of an unfinished event are being held.
+    pub fn held(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Gives up holding an unfinished event: returns its bytes so far. The scanner
+    /// keeps its place, so the event's end is still found.
+    pub fn release_partial(&mut self) -> Bytes {
+        std::mem::take(&mut self.pending).freeze()
+    }
+
     /// Ends the stream: returns the held bytes of an unfinished event (which a
     /// relay forwards unchanged when the upstream ended cleanly).
     pub fn finish(&mut self) -> Bytes {
@@ -263,6 +274,22 @@ mod tests {
         assert!(framer.has_partial());
         assert_eq!(framer.finish().as_ref(), b"data: 1");
         assert!(!framer.has_partial());
+    }
+
+    #[test]
+    fn a_released_partial_event_still_ends_where_it_ends() {
+        let mut framer = Framer::new();
+        assert!(framer.push(Bytes::from_static(b"data: long")).is_none());
+        assert_eq!(framer.held(), 10);
+        assert_eq!(framer.release_partial().as_ref(), b"data: long");
+        assert!(!framer.has_partial());
+        // The rest of that event, its blank line, then the next event.
+        assert_eq!(
+            framer
+                .push(Bytes::from_static(b"er\n\ndata: 2\n\n"))
+                .as_deref(),
+            Some(&b"er\n\ndata: 2\n\n"[..])
+        );
     }
 
     #[test]

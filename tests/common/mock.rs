@@ -323,7 +323,10 @@ async fn respond(reply: Reply) -> Response<MockBody> {
                 (chunks.into_iter(), true),
                 move |(mut rest, is_first)| async move {
                     let chunk = rest.next()?;
-                    tokio::time::sleep(if is_first { first } else { interval }).await;
+                    let pause = if is_first { first } else { interval };
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
                     Some((Ok::<_, BoxError>(Frame::data(chunk)), (rest, false)))
                 },
             );

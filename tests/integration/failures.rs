@@ -164,6 +164,25 @@ async fn a_client_sending_headers_slowly_is_dropped_without_slowing_others() {
 }
 
 #[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "header_read_timeout = \"300ms\"").await;
+    // Silent from the start, and stalled inside the HTTP/2 preface (which the
+    // protocol detection waits for).
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+        idle.write_all(opening).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(WAIT, idle.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "a connection with no request stayed open ({opening:?})"
+        );
+    }
+    still_serving(&proxy, &mock).await;
+}
+
+#[tokio::test]
 async fn a_client_stalling_mid_body_gets_408() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url(), "idle_timeout = \"300ms\"").await;

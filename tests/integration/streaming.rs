@@ -300,3 +300,33 @@ async fn a_sized_body_cut_short_is_an_error_for_the_client() {
         "a truncated body must not look complete"
     );
 }
+
+#[tokio::test]
+async fn an_event_larger_than_the_hold_limit_is_forwarded_as_it_comes() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "").await;
+    let (reply, feed) = Reply::stream(200, sse_headers());
+    mock.push(reply);
+    let mut response = client()
+        .post(format!("{}/v1/chat/completions", proxy.url))
+        .body("{\"stream\":true}")
+        .send()
+        .await
+        .unwrap();
+    let big = format!("data: {{\"blob\":\"{}", "x".repeat(5 * 1024 * 1024));
+    feed.send(big.clone());
+    // Past the limit the partial event is released before its end arrives.
+    let mut got = Vec::new();
+    read_until(&mut response, &mut got, tollgate::proxy::body::MAX_HELD_EVENT_BYTES).await;
+    feed.send("\"}\n\ndata: [DONE]\n\n");
+    drop(feed);
+    while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        got.extend_from_slice(&chunk);
+    }
+    let expected = format!("{big}\"}}\n\ndata: [DONE]\n\n");
+    assert!(got == expected.as_bytes(), "a large event was changed");
+}

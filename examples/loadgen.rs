@@ -1,0 +1,288 @@
+//! The benchmark load generator: drives one workload against one base URL and
+//! prints one JSON object of results.
+//!
+//! - `--mode rate --rate R`: open loop. Request `i` is due at `start + i/R`
+//!   whatever happened to earlier ones, and its latency is measured from when it
+//!   was due, not from when it was sent, so a stalled server is not hidden by a
+//!   stalled generator (coordinated omission).
+//! - `--mode max --conns C`: closed loop, `C` connections each sending its next
+//!   request as soon as the previous response ends: maximum throughput.
+//!
+//! Workloads: `chat-json` (a Chat Completions request of about 1 KiB with tools,
+//! JSON response) and `chat-sse` (the same with `stream: true`, 20 content events).
+//! For streams, time to first byte and to last byte are recorded too. A response
+//! that is not 200, or a stream that does not end with `[DONE]`, is an error.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+struct Args {
+    url: String,
+    mode: String,
+    workload: String,
+    rate: u64,
+    conns: usize,
+    duration: Duration,
+    events: u64,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        url: String::new(),
+        mode: "rate".into(),
+        workload: "chat-json".into(),
+        rate: 1000,
+        conns: 32,
+        duration: Duration::from_secs(5),
+        events: 20,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--url" => args.url = value,
+            "--mode" => args.mode = value,
+            "--workload" => args.workload = value,
+            "--rate" => args.rate = value.parse().unwrap(),
+            "--conns" => args.conns = value.parse().unwrap(),
+            "--duration" => args.duration = humantime::parse_duration(&value).unwrap(),
+            "--events" => args.events = value.parse().unwrap(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(!args.url.is_empty(), "--url is required");
+    args
+}
+
+/// A request body of about 1 KiB: a short conversation and two tools.
+fn chat_body(stream: bool) -> Bytes {
+    let tool = |name: &str, about: &str| {
+        json!({"type": "function", "function": {"name": name, "description": about,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"},
+                "units": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}})
+    };
+    let body = json!({
+        "model": "gpt-4o-mock",
+        "messages": [
+            {"role": "developer", "content": "You are a helpful assistant that answers weather questions briefly and precisely."},
+            {"role": "user", "content": "What is the weather in Paris today, and should I bring an umbrella for the afternoon?"}
+        ],
+        "tools": [tool("get_weather", "Current weather for a city"), tool("get_forecast", "Forecast for the next days")],
+        "temperature": 0.2,
+        "stream": stream,
+        "stream_options": if stream { json!({"include_usage": true}) } else { serde_json::Value::Null },
+    });
+    Bytes::from(body.to_string())
+}
+
+#[derive(Default)]
+struct Outcome {
+    ok: u64,
+    errors: u64,
+}
+
+struct Recorder {
+    latency: Histogram<u64>,
+    ttfb: Histogram<u64>,
+    outcome: Outcome,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Self {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            ttfb: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            outcome: Outcome::default(),
+        }
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Sends one request; returns time to first byte on success.
+async fn one(
+    client: &HttpClient,
+    url: &hyper::Uri,
+    body: &Bytes,
+    stream: bool,
+    events: u64,
+) -> Result<Duration, String> {
+    let sent = Instant::now();
+    let mut request = hyper::Request::post(url.clone())
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-bench-0123456789");
+    if stream {
+        request = request.header("x-mock-chunks", events.to_string());
+    }
+    let request = request.body(Full::new(body.clone())).unwrap();
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    if response.status() != 200 {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut body = response.into_body();
+    let mut first = None;
+    let mut tail = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(data) = frame.data_ref() {
+            first.get_or_insert_with(|| sent.elapsed());
+            tail.extend_from_slice(data);
+            if tail.len() > 64 {
+                tail.drain(..tail.len() - 64);
+            }
+        }
+    }
+    if stream && !tail.ends_with(b"data: [DONE]\n\n") {
+        return Err("stream did not end with [DONE]".into());
+    }
+    Ok(first.unwrap_or_else(|| sent.elapsed()))
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+async fn run(args: Args) -> serde_json::Value {
+    let stream = args.workload == "chat-sse";
+    let body = chat_body(stream);
+    let url: hyper::Uri = format!("{}/v1/chat/completions", args.url).parse().unwrap();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(4096)
+        .build(connector);
+    // Warm up the connections and the server.
+    for _ in 0..50 {
+        let _ = one(&client, &url, &body, stream, args.events).await;
+    }
+    let recorder = Arc::new(Mutex::new(Recorder::new()));
+    let started = Instant::now();
+    match args.mode.as_str() {
+        "rate" => {
+            let total = args.rate * args.duration.as_secs().max(1);
+            let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+            // The schedule is kept by a thread of its own: the runtime's timer has
+            // a resolution of 1 ms, too coarse for 1,000 requests a second.
+            let start = Instant::now() + Duration::from_millis(10);
+            let (tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+            std::thread::spawn(move || {
+                for i in 0..total {
+                    let due = start + interval.mul_f64(i as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    if tx.send(due).is_err() {
+                        break;
+                    }
+                }
+            });
+            let inflight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut tasks = tokio::task::JoinSet::new();
+            while let Some(due) = due_rx.recv().await {
+                if inflight.load(std::sync::atomic::Ordering::Relaxed) >= 2048 {
+                    recorder.lock().unwrap().outcome.errors += 1;
+                    continue;
+                }
+                inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (client, url, body, recorder, inflight) = (
+                    client.clone(),
+                    url.clone(),
+                    body.clone(),
+                    recorder.clone(),
+                    inflight.clone(),
+                );
+                let events = args.events;
+                tasks.spawn(async move {
+                    let result = one(&client, &url, &body, stream, events).await;
+                    let done = Instant::now();
+                    let mut r = recorder.lock().unwrap();
+                    match result {
+                        Ok(ttfb) => {
+                            r.outcome.ok += 1;
+                            // Measured from when the request was due, not when it left.
+                            let _ = r
+                                .latency
+                                .record(micros(done.saturating_duration_since(due)));
+                            let _ = r.ttfb.record(micros(ttfb));
+                        }
+                        Err(_) => r.outcome.errors += 1,
+                    }
+                    inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+        "max" => {
+            let deadline = Instant::now() + args.duration;
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..args.conns {
+                let (client, url, body, recorder) =
+                    (client.clone(), url.clone(), body.clone(), recorder.clone());
+                let events = args.events;
+                tasks.spawn(async move {
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        let result = one(&client, &url, &body, stream, events).await;
+                        let mut r = recorder.lock().unwrap();
+                        match result {
+                            Ok(ttfb) => {
+                                r.outcome.ok += 1;
+                                let _ = r.latency.record(micros(sent.elapsed()));
+                                let _ = r.ttfb.record(micros(ttfb));
+                            }
+                            Err(_) => r.outcome.errors += 1,
+                        }
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+        other => panic!("unknown mode {other}"),
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let r = recorder.lock().unwrap();
+    let q = |h: &Histogram<u64>, p: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(p)
+        }
+    };
+    json!({
+        "mode": args.mode,
+        "workload": args.workload,
+        "rate": if args.mode == "rate" { json!(args.rate) } else { json!(null) },
+        "conns": if args.mode == "max" { json!(args.conns) } else { json!(null) },
+        "seconds": elapsed,
+        "ok": r.outcome.ok,
+        "errors": r.outcome.errors,
+        "throughput_rps": r.outcome.ok as f64 / elapsed,
+        "latency_us": {"p50": q(&r.latency, 0.5), "p99": q(&r.latency, 0.99), "p999": q(&r.latency, 0.999), "max": r.latency.max()},
+        "ttfb_us": {"p50": q(&r.ttfb, 0.5), "p99": q(&r.ttfb, 0.99)},
+    })
+}
+
+fn main() {
+    let args = parse_args();
+    // One thread: the generator stays on the core it is pinned to.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(run(args));
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{result}").unwrap();
+}
