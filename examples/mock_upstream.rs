@@ -10,7 +10,7 @@
 //! - `POST /v1/chat/completions` and `POST /v1/responses`, plain or `stream: true`:
 //!   a text answer ("Hello from the mock"), or, with `x-mock-tool-call: 1`, a tool
 //!   call to `get_weather` at the end. The model `mock-429` gets a rate-limit error,
-//!   `mock-500` a server error.
+//!   `mock-500` a server error, `mock-hang` no answer at all.
 //! - `x-mock-chunks: N` sets the number of content deltas of a stream,
 //!   `x-mock-first-ms` and `x-mock-interval-ms` the pause before the first event
 //!   and between events.
@@ -269,6 +269,9 @@ fn respond(request: &Recorded) -> Reply {
             "requests",
             json!("rate_limit_exceeded"),
         );
+    }
+    if model == "mock-hang" {
+        return Reply::Hang;
     }
     if model == "mock-500" {
         return error_reply(

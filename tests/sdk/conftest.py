@@ -93,6 +93,22 @@ def tollgate_url(mock_url, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def impatient_tollgate_url(mock_url, tmp_path_factory):
+    """tollgate that waits at most half a second for response headers and accepts
+    small header sections only."""
+    proc, url = start_tollgate(
+        mock_url,
+        tmp_path_factory.mktemp("impatient"),
+        "--first-byte-timeout",
+        "500ms",
+        "--max-header-bytes",
+        "4096",
+    )
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
 def dead_upstream_tollgate_url(tmp_path_factory):
     """tollgate in front of a port where nothing listens."""
     with socket.socket() as s:

@@ -125,6 +125,31 @@ def test_unreachable_upstream_is_a_502_internal_server_error(dead_upstream_tollg
     assert error.request_id.startswith("tgr_")
 
 
+def test_upstream_timeout_is_a_504_internal_server_error(impatient_tollgate_url):
+    with pytest.raises(openai.InternalServerError) as caught:
+        client(impatient_tollgate_url).chat.completions.create(
+            model="mock-hang", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.status_code == 504
+    assert caught.value.code == "upstream_timeout"
+
+
+def test_oversized_headers_are_a_431_status_error(impatient_tollgate_url):
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(impatient_tollgate_url).models.list(extra_headers={"x-padding": "p" * 5000})
+    assert caught.value.status_code == 431
+    assert caught.value.code == "request_headers_too_large"
+
+
+def test_a_request_tollgate_cannot_relay_is_a_bad_request_error(tollgate_url):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(tollgate_url).get(
+            "/realtime", cast_to=object, options={"headers": {"connection": "upgrade", "upgrade": "websocket"}}
+        )
+    assert caught.value.status_code == 400
+    assert caught.value.code == "upgrade_not_supported"
+
+
 def test_oversized_body_is_a_413_status_error(tollgate_url):
     with pytest.raises(openai.APIStatusError) as caught:
         client(tollgate_url).chat.completions.create(
