@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -84,15 +84,50 @@ impl RequestBodyOutcome {
 #[error("request body {0:?}")]
 pub struct RequestBodyError(pub RequestBodyFault);
 
+/// An idle timeout that costs one clock read per piece of body: the timer is only
+/// re-armed when it fires early.
+struct IdleTimer {
+    sleep: Pin<Box<Sleep>>,
+    timeout: Duration,
+    last_activity: Instant,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            last_activity: Instant::now(),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    /// Whether nothing has happened for the whole timeout; registers for a wake-up
+    /// otherwise.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = self.last_activity + self.timeout;
+            if deadline <= Instant::now() {
+                return true;
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
 pin_project! {
     /// A client's request body on its way upstream, with a size limit and an idle
     /// timeout.
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        idle: Sleep,
-        idle_timeout: Duration,
+        idle: IdleTimer,
         limit: u64,
         seen: u64,
         outcome: Arc<RequestBodyOutcome>,
@@ -109,8 +144,7 @@ impl<B> RequestBody<B> {
     ) -> Self {
         Self {
             inner,
-            idle: tokio::time::sleep(idle_timeout),
-            idle_timeout,
+            idle: IdleTimer::new(idle_timeout),
             limit,
             seen: 0,
             outcome,
@@ -130,11 +164,10 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + *this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
+                this.idle.touch();
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
                     if *this.seen > *this.limit {
@@ -153,7 +186,7 @@ where
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if this.idle.poll(cx).is_ready() {
+                if this.idle.poll_expired(cx) {
                     this.outcome.set(RequestBodyFault::Stalled);
                     return Poll::Ready(Some(Err(
                         RequestBodyError(RequestBodyFault::Stalled).into()
@@ -204,26 +237,80 @@ impl StreamErrorStyle {
     }
 }
 
+/// The most bytes of one unfinished event held back. An event larger than this is
+/// forwarded as it comes rather than buffered without bound.
+pub const MAX_HELD_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Events already received are sent to the client together, up to this many bytes
+/// or pieces.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+const MAX_BATCH_PIECES: usize = 64;
+
+/// How many times in a row a stream with events gathered lets the runtime run the
+/// upstream connection before it sends them (see [`ResponseBody`]). The connection
+/// hands over one piece per turn and needs two scheduler rounds to do it.
+const BATCH_YIELDS: u8 = 2;
+
+/// Framing state of an event stream.
+struct SseState {
+    framer: Framer,
+    style: StreamErrorStyle,
+    /// Part of an event has gone out: a failure now cannot end cleanly.
+    mid_event: bool,
+    /// Whole events received and not yet sent.
+    batch: Vec<Bytes>,
+    batch_len: usize,
+    yields: u8,
+}
+
+impl SseState {
+    fn add(&mut self, bytes: Bytes) {
+        self.batch_len += bytes.len();
+        self.batch.push(bytes);
+    }
+
+    /// Everything gathered, as one frame.
+    fn take_batch(&mut self) -> Option<Bytes> {
+        self.batch_len = 0;
+        match self.batch.len() {
+            0 => None,
+            1 => self.batch.pop(),
+            _ => {
+                let mut out = BytesMut::with_capacity(self.batch.iter().map(Bytes::len).sum());
+                for piece in self.batch.drain(..) {
+                    out.extend_from_slice(&piece);
+                }
+                Some(out.freeze())
+            }
+        }
+    }
+}
+
+/// How the upstream's body ended.
+enum Ending {
+    Clean,
+    Failed(ResponseBodyError),
+}
+
 pin_project! {
     /// An upstream response body on its way to the client, with an idle timeout
     /// and, for event streams, whole-event framing.
+    ///
+    /// Events the upstream has already sent go out together: when nothing is
+    /// ready but events are gathered, the body yields to the runtime (at most
+    /// [`BATCH_YIELDS`] times in a row) so that the upstream connection can hand over
+    /// what it has already received, then sends the batch. This costs no waiting,
+    /// only trips through the scheduler, and saves a write to the client per event.
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        idle: Sleep,
-        idle_timeout: Duration,
-        sse: Option<(Framer, StreamErrorStyle)>,
-        // Part of an event has gone out: a failure now cannot end cleanly.
-        mid_event: bool,
+        idle: IdleTimer,
+        sse: Option<SseState>,
+        ending: Option<Ending>,
         request_id: Arc<str>,
         done: bool,
     }
 }
-
-/// The most bytes of one unfinished event held back. An event larger than this is
-/// forwarded as it comes rather than buffered without bound.
-pub const MAX_HELD_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
 impl<B> ResponseBody<B> {
     /// Wraps `inner`. With `sse`, the body is framed into whole events and a failure
@@ -236,10 +323,16 @@ impl<B> ResponseBody<B> {
     ) -> Self {
         Self {
             inner,
-            idle: tokio::time::sleep(idle_timeout),
-            idle_timeout,
-            sse: sse.map(|style| (Framer::new(), style)),
-            mid_event: false,
+            idle: IdleTimer::new(idle_timeout),
+            sse: sse.map(|style| SseState {
+                framer: Framer::new(),
+                style,
+                mid_event: false,
+                batch: Vec::new(),
+                batch_len: 0,
+                yields: 0,
+            }),
+            ending: None,
             request_id,
             done: false,
         }
@@ -274,67 +367,93 @@ where
             if *this.done {
                 return Poll::Ready(None);
             }
-            let failure = match this.inner.as_mut().poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = Instant::now() + *this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
-                    let data = match frame.into_data() {
-                        Ok(data) => data,
-                        Err(other) => return Poll::Ready(Some(Ok(other))),
-                    };
-                    match this.sse {
-                        None => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                        Some((framer, _)) => match framer.push(data) {
-                            Some(events) => {
-                                // What goes out ends at an event boundary.
-                                *this.mid_event = false;
-                                return Poll::Ready(Some(Ok(Frame::data(events))));
-                            }
-                            None if framer.held() > MAX_HELD_EVENT_BYTES => {
-                                *this.mid_event = true;
-                                return Poll::Ready(Some(Ok(Frame::data(
-                                    framer.release_partial(),
-                                ))));
-                            }
-                            None => continue,
-                        },
-                    }
+            if let Some(ending) = this.ending.take() {
+                // What was gathered goes first.
+                if let Some(batch) = this.sse.as_mut().and_then(SseState::take_batch) {
+                    *this.ending = Some(ending);
+                    return Poll::Ready(Some(Ok(Frame::data(batch))));
                 }
-                Poll::Ready(None) => {
-                    *this.done = true;
-                    if let Some((framer, _)) = this.sse {
-                        let tail = framer.finish();
-                        if !tail.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(tail))));
+                *this.done = true;
+                return match ending {
+                    Ending::Clean => {
+                        let tail = this
+                            .sse
+                            .as_mut()
+                            .map(|s| s.framer.finish())
+                            .unwrap_or_default();
+                        if tail.is_empty() {
+                            Poll::Ready(None)
+                        } else {
+                            Poll::Ready(Some(Ok(Frame::data(tail))))
                         }
                     }
-                    return Poll::Ready(None);
+                    Ending::Failed(failure) => {
+                        tracing::warn!(request_id = %this.request_id, error = %failure, "upstream response ended early");
+                        match this.sse {
+                            Some(sse) if !sse.mid_event => {
+                                sse.framer.discard();
+                                let message =
+                                    format!("{failure} (tollgate request {})", this.request_id);
+                                Poll::Ready(Some(Ok(Frame::data(sse.style.event(&message)))))
+                            }
+                            _ => Poll::Ready(Some(Err(failure.into()))),
+                        }
+                    }
+                };
+            }
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.idle.touch();
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    };
+                    let Some(sse) = this.sse.as_mut() else {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    };
+                    if let Some(events) = sse.framer.push(data) {
+                        // What goes out ends at an event boundary.
+                        sse.mid_event = false;
+                        sse.add(events);
+                    } else if sse.framer.held() > MAX_HELD_EVENT_BYTES {
+                        sse.mid_event = true;
+                        let partial = sse.framer.release_partial();
+                        sse.add(partial);
+                    }
+                    sse.yields = 0;
+                    let full =
+                        sse.batch_len >= MAX_BATCH_BYTES || sse.batch.len() >= MAX_BATCH_PIECES;
+                    if let Some(batch) = full.then(|| sse.take_batch()).flatten() {
+                        return Poll::Ready(Some(Ok(Frame::data(batch))));
+                    }
                 }
-                Poll::Ready(Some(Err(e))) => ResponseBodyError::Upstream(e.into()),
+                Poll::Ready(None) => *this.ending = Some(Ending::Clean),
+                Poll::Ready(Some(Err(e))) => {
+                    *this.ending = Some(Ending::Failed(ResponseBodyError::Upstream(e.into())))
+                }
                 Poll::Pending => {
-                    if this.idle.as_mut().poll(cx).is_pending() {
+                    if let Some(sse) = this.sse.as_mut().filter(|s| !s.batch.is_empty()) {
+                        if sse.yields < BATCH_YIELDS {
+                            // Let the upstream connection deliver what it already holds.
+                            sse.yields += 1;
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        if let Some(batch) = sse.take_batch() {
+                            return Poll::Ready(Some(Ok(Frame::data(batch))));
+                        }
+                    }
+                    if !this.idle.poll_expired(cx) {
                         return Poll::Pending;
                     }
-                    ResponseBodyError::Idle(*this.idle_timeout)
+                    *this.ending = Some(Ending::Failed(ResponseBodyError::Idle(this.idle.timeout)));
                 }
-            };
-            *this.done = true;
-            tracing::warn!(request_id = %this.request_id, error = %failure, "upstream response ended early");
-            return match this.sse {
-                Some((framer, style)) if !*this.mid_event => {
-                    framer.discard();
-                    let message = format!("{failure} (tollgate request {})", this.request_id);
-                    Poll::Ready(Some(Ok(Frame::data(style.event(&message)))))
-                }
-                _ => Poll::Ready(Some(Err(failure.into()))),
-            };
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
-            || (self.sse.as_ref().is_none_or(|(f, _)| !f.has_partial())
-                && self.inner.is_end_stream())
+        self.done || (self.sse.is_none() && self.ending.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

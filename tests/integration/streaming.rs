@@ -317,7 +317,12 @@ async fn an_event_larger_than_the_hold_limit_is_forwarded_as_it_comes() {
     feed.send(big.clone());
     // Past the limit the partial event is released before its end arrives.
     let mut got = Vec::new();
-    read_until(&mut response, &mut got, tollgate::proxy::body::MAX_HELD_EVENT_BYTES).await;
+    read_until(
+        &mut response,
+        &mut got,
+        tollgate::proxy::body::MAX_HELD_EVENT_BYTES,
+    )
+    .await;
     feed.send("\"}\n\ndata: [DONE]\n\n");
     drop(feed);
     while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
