@@ -151,6 +151,21 @@ pub fn dechunk(mut body: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Counts the data chunks of a chunked body (the final empty chunk excluded).
+pub fn count_chunks(mut body: &[u8]) -> usize {
+    let mut count = 0;
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size_text = std::str::from_utf8(&body[..line_end]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return count;
+        }
+        count += 1;
+        body = &body[line_end + 2 + size + 2..];
+    }
+}
+
 /// The `tollgate` binary running as a child process, its log lines collected.
 pub struct Binary {
     pub pid: u32,

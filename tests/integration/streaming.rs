@@ -335,3 +335,32 @@ async fn an_event_larger_than_the_hold_limit_is_forwarded_as_it_comes() {
     let expected = format!("{big}\"}}\n\ndata: [DONE]\n\n");
     assert!(got == expected.as_bytes(), "a large event was changed");
 }
+
+#[tokio::test]
+async fn events_already_received_go_out_together() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), "").await;
+    // Ten events the upstream writes at once: the client should not get ten writes.
+    let events: Vec<Bytes> = (0..10)
+        .map(|i| Bytes::from(format!("data: {{\"n\":{i}}}\n\n")))
+        .collect();
+    let expected: Vec<u8> = events.iter().flat_map(|e| e.to_vec()).collect();
+    mock.push(Reply::sse(events));
+    let raw = crate::common::raw_exchange(
+        proxy.addr,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await;
+    let (head, body) = crate::common::split_response(&raw);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    assert_eq!(crate::common::dechunk(&body), expected);
+    let chunks = crate::common::count_chunks(&body);
+    assert!(
+        chunks <= 5,
+        "{chunks} writes for 10 events the upstream sent at once"
+    );
+}
