@@ -45,6 +45,33 @@ pub enum Command {
     /// Development certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// HushSpec policies: check and test them.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// The `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Parse, resolve and validate a policy; print its hash.
+    Check(PolicyCheckArgs),
+    /// Run HushSpec test files (`*.test.yaml`); exit non-zero if any case fails.
+    Test(PolicyTestArgs),
+}
+
+/// Options of `tollgate policy check`.
+#[derive(Debug, Args)]
+pub struct PolicyCheckArgs {
+    /// The policy file (YAML), or the name of a bundled policy (`default`, `strict`).
+    pub file: String,
+}
+
+/// Options of `tollgate policy test`.
+#[derive(Debug, Args)]
+pub struct PolicyTestArgs {
+    /// Test files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 /// The `certs` subcommands.

@@ -7,8 +7,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::cli::{CertsCommand, Cli, Command, ServeArgs};
+use crate::cli::{CertsCommand, Cli, Command, PolicyCommand, ServeArgs};
 use crate::config::{Config, ConfigError};
+use crate::kernel::policy::{Policy, PolicyError, testfile};
 use crate::proxy::{ServeError, Server};
 
 /// Why a command failed.
@@ -24,6 +25,9 @@ pub enum CommandError {
     /// Certificates could not be written.
     #[error(transparent)]
     Certs(#[from] crate::certs::CertsError),
+    /// A policy is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// The async runtime or standard output failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -34,6 +38,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Check(args) => check(&args),
+        Command::Policy(PolicyCommand::Check(args)) => policy_check(&args.file),
+        Command::Policy(PolicyCommand::Test(args)) => policy_test(&args.files),
         Command::Certs(CertsCommand::Dev(args)) => {
             let written = crate::certs::write_dev(&args.dir, args.force)?;
             let mut out = std::io::stdout().lock();
@@ -107,6 +113,62 @@ fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
         t.header_read, t.connect, t.first_byte, t.idle, t.shutdown_grace
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn policy_check(file: &str) -> Result<ExitCode, CommandError> {
+    let path = std::path::Path::new(file);
+    let policy = if !path.exists() && crate::kernel::policy::resolve::bundled(file).is_some() {
+        Policy::bundled(file)?
+    } else {
+        Policy::load(path)?
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "policy OK: {file}")?;
+    if let Some(name) = &policy.document().name {
+        writeln!(out, "  name:        {name}")?;
+    }
+    writeln!(out, "  policy_hash: {}", policy.hash())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_test(files: &[std::path::PathBuf]) -> Result<ExitCode, CommandError> {
+    let mut out = std::io::stdout().lock();
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for file in files {
+        let name = file.display().to_string();
+        let results = std::fs::read_to_string(file)
+            .map_err(|source| PolicyError::Read {
+                path: file.clone(),
+                source,
+            })
+            .and_then(|text| testfile::run(&text, &name));
+        match results {
+            Err(error) => {
+                failed += 1;
+                writeln!(out, "FAIL {name}: {error}")?;
+            }
+            Ok(cases) => {
+                for case in cases {
+                    match &case.failure {
+                        None => {
+                            passed += 1;
+                            writeln!(out, "pass {name}: {}", case.description)?;
+                        }
+                        Some(why) => {
+                            failed += 1;
+                            writeln!(out, "FAIL {name}: {}: {why}", case.description)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    writeln!(out, "{passed} passed, {failed} failed")?;
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -10,6 +10,7 @@
 //! - [`cli`] and [`config`]: what the operator asked for, validated once;
 //! - [`proxy`]: listener, TLS, connections, and the per-request relay pipeline;
 //! - [`error`]: tollgate's own errors as OpenAI-shaped responses;
+//! - [`kernel`]: decisions about tool calls (HushSpec policies), with no I/O;
 //! - [`certs`]: development certificates for the HTTPS listener.
 
 pub mod certs;
@@ -17,5 +18,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod kernel;
 pub mod proxy;
 pub mod telemetry;

@@ -6,13 +6,16 @@
 //!   for byte, upstream failures mid-stream;
 //! - `failures`: bad input and a bad upstream each get a clean error while the
 //!   process keeps serving;
-//! - `lifecycle`: the binary's commands, HTTPS, admin endpoints, shutdown.
+//! - `lifecycle`: the binary's commands, HTTPS, admin endpoints, shutdown;
+//! - `conformance`: HushSpec vectors, bundled policies, `extends`.
 
 // Tests may unwrap: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+#[path = "integration/conformance.rs"]
+mod conformance;
 #[path = "integration/failures.rs"]
 mod failures;
 #[path = "integration/lifecycle.rs"]
