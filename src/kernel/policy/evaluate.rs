@@ -406,3 +406,129 @@ pub fn combine(results: impl Iterator<Item = Evaluation>) -> Evaluation {
         reason: "no rule applies".into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &str) -> Policy {
+        Policy::from_text(&format!("hushspec: \"0.1.0\"\nrules:\n{rules}"), "t").unwrap()
+    }
+
+    #[test]
+    fn tool_names_match_byte_for_byte() {
+        let p = policy("  tool_access:\n    allow: [read_file]\n    default: block\n");
+        assert_eq!(
+            p.evaluate(&Action::new("tool_call", "read_file")).verdict,
+            Verdict::Allow
+        );
+        // Cyrillic "е", a trailing space, another case: different tools.
+        for lookalike in ["rеad_file", "read_file ", "Read_File", "read_file\u{200b}"] {
+            let e = p.evaluate(&Action::new("tool_call", lookalike));
+            assert_eq!(e.verdict, Verdict::Deny, "{lookalike:?}");
+            assert_eq!(e.matched_rule.as_deref(), Some("rules.tool_access.default"));
+        }
+    }
+
+    #[test]
+    fn a_non_empty_allow_list_refuses_unlisted_tools_even_with_default_allow() {
+        let p = policy("  tool_access:\n    allow: [search]\n    default: allow\n");
+        let e = p.evaluate(&Action::new("tool_call", "deploy"));
+        assert_eq!(e.verdict, Verdict::Deny);
+        assert_eq!(e.matched_rule.as_deref(), Some("rules.tool_access.allow"));
+        let open = policy("  tool_access:\n    default: allow\n");
+        assert_eq!(
+            open.evaluate(&Action::new("tool_call", "deploy")).verdict,
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn max_args_size_is_checked_first() {
+        let p = policy("  tool_access:\n    allow: [search]\n    max_args_size: 10\n");
+        let mut a = Action::new("tool_call", "search");
+        a.args_size = Some(11);
+        let e = p.evaluate(&a);
+        assert_eq!(
+            (e.verdict, e.matched_rule.as_deref()),
+            (Verdict::Deny, Some("rules.tool_access.max_args_size"))
+        );
+        a.args_size = Some(10);
+        assert_eq!(p.evaluate(&a).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn a_path_exception_does_not_skip_the_secret_scan() {
+        let p = policy(
+            "  forbidden_paths:\n    patterns: ['**/.ssh/**']\n    exceptions: ['**/.ssh/config']\n  secret_patterns:\n    patterns:\n      - {name: aws, pattern: 'AKIA[0-9A-Z]{16}', severity: warn}\n",
+        );
+        let mut a = Action::new("file_write", "/home/u/.ssh/config");
+        a.content = Some("key AKIAABCDEFGHIJKLMNOP".into());
+        let e = p.evaluate(&a);
+        assert_eq!(e.verdict, Verdict::Deny);
+        assert_eq!(
+            e.matched_rule.as_deref(),
+            Some("rules.secret_patterns.patterns.aws")
+        );
+        a.content = Some("Host x".into());
+        let e = p.evaluate(&a);
+        assert_eq!(
+            (e.verdict, e.matched_rule.as_deref()),
+            (Verdict::Allow, Some("rules.forbidden_paths.exceptions"))
+        );
+    }
+
+    #[test]
+    fn disabled_blocks_say_nothing_and_unknown_actions_are_denied() {
+        let p = policy("  shell_commands:\n    enabled: false\n    forbidden_patterns: ['rm']\n");
+        let e = p.evaluate(&Action::new("shell_command", "rm -rf /"));
+        assert_eq!((e.verdict, e.matched_rule), (Verdict::Allow, None));
+        assert_eq!(
+            p.evaluate(&Action::new("teleport", "x")).verdict,
+            Verdict::Deny
+        );
+    }
+
+    #[test]
+    fn patch_limits_and_balance() {
+        let p = policy(
+            "  patch_integrity:\n    max_additions: 3\n    require_balance: true\n    max_imbalance_ratio: 2.0\n",
+        );
+        let mut a = Action::new("patch_apply", "src/x.rs");
+        a.content = Some("--- a\n+++ b\n+1\n+2\n+3\n+4\n".into());
+        assert_eq!(
+            p.evaluate(&a).matched_rule.as_deref(),
+            Some("rules.patch_integrity.max_additions")
+        );
+        a.content = Some("+one\n+two\n-gone\n".into());
+        assert_eq!(p.evaluate(&a).verdict, Verdict::Allow);
+        // With nothing deleted, the ratio is the number of additions.
+        a.content = Some("+one\n+two\n+three\n".into());
+        assert_eq!(
+            p.evaluate(&a).matched_rule.as_deref(),
+            Some("rules.patch_integrity.max_imbalance_ratio")
+        );
+    }
+
+    #[test]
+    fn computer_use_modes() {
+        for (mode, verdict) in [
+            ("observe", Verdict::Allow),
+            ("guardrail", Verdict::Warn),
+            ("fail_closed", Verdict::Deny),
+        ] {
+            let p = policy(&format!(
+                "  computer_use:\n    enabled: true\n    mode: {mode}\n    allowed_actions: [click]\n"
+            ));
+            assert_eq!(
+                p.evaluate(&Action::new("computer_use", "click")).verdict,
+                Verdict::Allow
+            );
+            assert_eq!(
+                p.evaluate(&Action::new("computer_use", "type")).verdict,
+                verdict,
+                "{mode}"
+            );
+        }
+    }
+}
