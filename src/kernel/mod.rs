@@ -4,4 +4,6 @@
 //! argument normalisation, velocity and approvals join it, and `decide()` will put
 //! them together: capability, then policy, then approval, failing closed.
 
+pub mod egress;
+pub mod normalize;
 pub mod policy;
