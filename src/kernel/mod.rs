@@ -4,6 +4,9 @@
 //! argument normalisation, velocity and approvals join it, and `decide()` will put
 //! them together: capability, then policy, then approval, failing closed.
 
+pub mod approvals;
 pub mod egress;
 pub mod normalize;
 pub mod policy;
+pub mod secrets;
+pub mod velocity;
