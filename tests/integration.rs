@@ -7,7 +7,8 @@
 //! - `failures`: bad input and a bad upstream each get a clean error while the
 //!   process keeps serving;
 //! - `lifecycle`: the binary's commands, HTTPS, admin endpoints, shutdown;
-//! - `conformance`: HushSpec vectors, bundled policies, `extends`.
+//! - `conformance`: HushSpec vectors, bundled policies, `extends`;
+//! - `kernel`: decisions end to end, the adversarial suite.
 
 // Tests may unwrap: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -18,6 +19,8 @@ mod common;
 mod conformance;
 #[path = "integration/failures.rs"]
 mod failures;
+#[path = "integration/kernel.rs"]
+mod kernel;
 #[path = "integration/lifecycle.rs"]
 mod lifecycle;
 #[path = "integration/streaming.rs"]

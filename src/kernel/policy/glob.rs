@@ -73,6 +73,13 @@ impl HostPatterns {
         Ok(Self { patterns: out })
     }
 
+    /// Whether a pattern without wildcards names `host` exactly.
+    pub fn names(&self, host: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| !p.iter().any(|l| l.contains('*')) && p.join(".") == host)
+    }
+
     /// Whether any pattern matches `host` (already lowercased and normalised).
     pub fn matches(&self, host: &str) -> bool {
         let labels: Vec<&str> = host.split('.').collect();

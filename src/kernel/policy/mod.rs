@@ -136,6 +136,31 @@ impl Policy {
         validate::compile(resolved)
     }
 
+    /// The compiled regex of the policy's own secret pattern `name`.
+    pub fn secret_pattern(&self, name: &str) -> Option<&regex::Regex> {
+        self.rules
+            .secret_patterns
+            .as_ref()?
+            .patterns
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| &p.regex)
+    }
+
+    /// The rate limit, when enabled.
+    pub fn velocity(&self) -> Option<&model::Velocity> {
+        self.rules.velocity.as_ref()
+    }
+
+    /// Whether the egress allow list names `host` exactly (no wildcard), which is
+    /// what it takes to reach an internal address.
+    pub fn egress_names(&self, host: &str) -> bool {
+        self.rules
+            .egress
+            .as_ref()
+            .is_some_and(|e| e.allow.names(host))
+    }
+
     /// The resolved document.
     pub fn document(&self) -> &Document {
         &self.document
