@@ -57,6 +57,27 @@ pub enum PolicyCommand {
     Check(PolicyCheckArgs),
     /// Run HushSpec test files (`*.test.yaml`); exit non-zero if any case fails.
     Test(PolicyTestArgs),
+    /// Decide one tool call and show every check consulted.
+    Explain(PolicyExplainArgs),
+}
+
+/// Options of `tollgate policy explain`.
+#[derive(Debug, Args)]
+pub struct PolicyExplainArgs {
+    /// The policy file, or the name of a bundled policy.
+    pub file: String,
+    /// The tool's name.
+    #[arg(long)]
+    pub tool: String,
+    /// The arguments, as the model would write them (a JSON object).
+    #[arg(long, default_value = "{}")]
+    pub args: String,
+    /// Treat the tool as one with side effects (paths count as writes).
+    #[arg(long)]
+    pub side_effects: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `tollgate policy check`.

@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Check(args) => check(&args),
         Command::Policy(PolicyCommand::Check(args)) => policy_check(&args.file),
         Command::Policy(PolicyCommand::Test(args)) => policy_test(&args.files),
+        Command::Policy(PolicyCommand::Explain(args)) => policy_explain(&args),
         Command::Certs(CertsCommand::Dev(args)) => {
             let written = crate::certs::write_dev(&args.dir, args.force)?;
             let mut out = std::io::stdout().lock();
@@ -115,13 +116,60 @@ fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn policy_check(file: &str) -> Result<ExitCode, CommandError> {
+/// A policy file, or a bundled policy by name when no such file exists.
+fn load_policy(file: &str) -> Result<Policy, PolicyError> {
     let path = std::path::Path::new(file);
-    let policy = if !path.exists() && crate::kernel::policy::resolve::bundled(file).is_some() {
-        Policy::bundled(file)?
+    if !path.exists() && crate::kernel::policy::resolve::bundled(file).is_some() {
+        Policy::bundled(file)
     } else {
-        Policy::load(path)?
+        Policy::load(path)
+    }
+}
+
+fn policy_explain(args: &crate::cli::PolicyExplainArgs) -> Result<ExitCode, CommandError> {
+    let kernel = crate::kernel::Kernel::new(load_policy(&args.file)?);
+    let call = crate::kernel::Call {
+        agent_id: "explain",
+        scope: None,
+        tool: &args.tool,
+        arguments: &args.args,
+        has_side_effects: args.side_effects,
     };
+    let d = kernel.decide(&call, crate::kernel::Now::current());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let trace: Vec<serde_json::Value> = d
+            .trace()
+            .iter()
+            .map(|t| serde_json::json!({"check": t.check, "outcome": t.outcome}))
+            .collect();
+        let value = serde_json::json!({
+            "decision": d.outcome().as_str(),
+            "code": d.code(),
+            "matched_rule": d.matched_rule(),
+            "message": d.message(),
+            "policy_hash": d.policy_hash(),
+            "parameters": d.parameters(),
+            "parameters_hash": d.parameters_hash(),
+            "trace": trace,
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out, "decision:     {}", d.outcome().as_str())?;
+        writeln!(out, "code:         {}", d.code())?;
+        writeln!(out, "matched rule: {}", d.matched_rule().unwrap_or("-"))?;
+        writeln!(out, "message:      {}", d.message())?;
+        writeln!(out, "policy hash:  {}", d.policy_hash())?;
+        writeln!(out, "trace:")?;
+        for t in d.trace() {
+            writeln!(out, "  {:<40} {}", t.check, t.outcome)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_check(file: &str) -> Result<ExitCode, CommandError> {
+    let policy = load_policy(file)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "policy OK: {file}")?;
     if let Some(name) = &policy.document().name {

@@ -227,3 +227,41 @@ fn decisions_never_carry_the_secret() {
     assert_eq!(d.parameters_hash().len(), 64);
     assert_eq!(d.policy_hash(), kernel.policy().hash());
 }
+
+#[test]
+fn policy_explain_shows_the_decision_and_every_check() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), POLICY).unwrap();
+    let (status, out, err) = crate::common::run_binary(
+        &[
+            "policy",
+            "explain",
+            "p.yaml",
+            "--tool",
+            "fetch",
+            "--args",
+            r#"{"url":"http://2130706433/"}"#,
+            "--json",
+        ],
+        dir.path(),
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["code"], "egress.private_address");
+    let trace = v["trace"].as_array().unwrap();
+    assert!(
+        trace
+            .iter()
+            .any(|t| t["check"].as_str().unwrap().starts_with("tool_access"))
+    );
+    assert!(
+        trace.iter().any(|t| t["check"] == "egress $.url 127.0.0.1"),
+        "{trace:?}"
+    );
+    assert_eq!(
+        v["policy_hash"],
+        Policy::from_text(POLICY, "p").unwrap().hash()
+    );
+}
