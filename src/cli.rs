@@ -48,6 +48,66 @@ pub enum Command {
     /// HushSpec policies: check and test them.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Ed25519 keys for signing tokens (and receipts).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Capability tokens for `tokens` auth mode.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// The `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new signing key (PKCS#8 PEM, owner-only) and print its public key.
+    Generate {
+        /// Where to write the key.
+        #[arg(long, default_value = "tollgate-key.pem")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public key (SPKI PEM) and key id of a signing key.
+    Public {
+        /// The signing key.
+        #[arg(long, default_value = "tollgate-key.pem")]
+        key: PathBuf,
+    },
+}
+
+/// The `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a capability token.
+    Issue {
+        /// The agent the token is for.
+        #[arg(long)]
+        agent: String,
+        /// Tools it may call, comma-separated: exact names or `server__*`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tools: Vec<String>,
+        /// How long it is valid (`8h`, `30m`, `7d`).
+        #[arg(long, default_value = "8h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Who must accept it.
+        #[arg(long, default_value = "tollgate")]
+        audience: String,
+        /// The signing key.
+        #[arg(long, default_value = "tollgate-key.pem")]
+        key: PathBuf,
+    },
+    /// Show a token's claims; with public keys, verify it too.
+    Inspect {
+        /// The token.
+        token: String,
+        /// Trusted public keys (PEM); verification is skipped without any.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
+        /// The audience to expect when verifying.
+        #[arg(long, default_value = "tollgate")]
+        audience: String,
+    },
 }
 
 /// The `policy` subcommands.

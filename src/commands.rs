@@ -7,9 +7,10 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::cli::{CertsCommand, Cli, Command, PolicyCommand, ServeArgs};
+use crate::cli::{CertsCommand, Cli, Command, KeysCommand, PolicyCommand, ServeArgs, TokenCommand};
 use crate::config::{Config, ConfigError};
 use crate::kernel::policy::{Policy, PolicyError, testfile};
+use crate::kernel::token;
 use crate::proxy::{ServeError, Server};
 
 /// Why a command failed.
@@ -25,6 +26,12 @@ pub enum CommandError {
     /// Certificates could not be written.
     #[error(transparent)]
     Certs(#[from] crate::certs::CertsError),
+    /// A key could not be made or read.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+    /// A token could not be issued or did not verify.
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
     /// A policy is invalid.
     #[error(transparent)]
     Policy(#[from] PolicyError),
@@ -41,6 +48,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Policy(PolicyCommand::Check(args)) => policy_check(&args.file),
         Command::Policy(PolicyCommand::Test(args)) => policy_test(&args.files),
         Command::Policy(PolicyCommand::Explain(args)) => policy_explain(&args),
+        Command::Keys(command) => keys(command),
+        Command::Token(command) => tokens(command),
         Command::Certs(CertsCommand::Dev(args)) => {
             let written = crate::certs::write_dev(&args.dir, args.force)?;
             let mut out = std::io::stdout().lock();
@@ -114,6 +123,78 @@ fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
         t.header_read, t.connect, t.first_byte, t.idle, t.shutdown_grace
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn keys(command: KeysCommand) -> Result<ExitCode, CommandError> {
+    let mut out = std::io::stdout().lock();
+    let (key, note) = match command {
+        KeysCommand::Generate { out: path, force } => {
+            let key = crate::keys::generate()?;
+            crate::keys::write_signing(&path, &key, force)?;
+            (key, format!("wrote {}", path.display()))
+        }
+        KeysCommand::Public { key } => (crate::keys::read_signing(&key)?, String::new()),
+    };
+    if !note.is_empty() {
+        writeln!(out, "{note}")?;
+    }
+    let public = key.verifying_key();
+    writeln!(out, "key id: {}", token::key_id(&public))?;
+    write!(out, "{}", crate::keys::public_pem(&public))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tokens(command: TokenCommand) -> Result<ExitCode, CommandError> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        TokenCommand::Issue {
+            agent,
+            tools,
+            ttl,
+            audience,
+            key,
+        } => {
+            let key = crate::keys::read_signing(&key)?;
+            let issued = token::issue(
+                &key,
+                &agent,
+                &tools,
+                &audience,
+                ttl,
+                std::time::SystemTime::now(),
+            )?;
+            writeln!(out, "{issued}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Inspect {
+            token: text,
+            public_keys,
+            audience,
+        } => {
+            let (claims, _, _) = token::decode_unverified(&text)?;
+            let pretty = serde_json::to_string_pretty(&claims).unwrap_or_default();
+            writeln!(out, "{pretty}")?;
+            if public_keys.is_empty() {
+                writeln!(out, "signature: not checked (no --public-key given)")?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let keys = public_keys
+                .iter()
+                .map(|p| crate::keys::read_verifying(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let verifier = token::Verifier::new(keys, &audience);
+            match verifier.verify(&text, std::time::SystemTime::now()) {
+                Ok(_) => {
+                    writeln!(out, "verified: yes")?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(error) => {
+                    writeln!(out, "verified: no ({}: {error})", error.code())?;
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
 }
 
 /// A policy file, or a bundled policy by name when no such file exists.

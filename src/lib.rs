@@ -19,5 +19,6 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod kernel;
+pub mod keys;
 pub mod proxy;
 pub mod telemetry;

@@ -27,6 +27,7 @@ pub mod egress;
 pub mod normalize;
 pub mod policy;
 pub mod secrets;
+pub mod token;
 pub mod velocity;
 
 use std::time::{Duration, Instant, SystemTime};

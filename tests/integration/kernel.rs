@@ -265,3 +265,59 @@ fn policy_explain_shows_the_decision_and_every_check() {
         Policy::from_text(POLICY, "p").unwrap().hash()
     );
 }
+
+#[test]
+fn keys_and_tokens_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, out, err) = crate::common::run_binary(
+        &["keys", "generate", "--out", "issuer.pem"],
+        dir.path(),
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.contains("BEGIN PUBLIC KEY") && out.contains("key id: k_"));
+    let (status, token, err) = crate::common::run_binary(
+        &[
+            "token",
+            "issue",
+            "--agent",
+            "bot-1",
+            "--tools",
+            "get_weather,github__*",
+            "--ttl",
+            "8h",
+            "--key",
+            "issuer.pem",
+        ],
+        dir.path(),
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("tg1_"));
+    let (status, out, _) = crate::common::run_binary(
+        &["token", "inspect", &token, "--public-key", "issuer.pem"],
+        dir.path(),
+        &[],
+    );
+    assert!(status.success());
+    assert!(
+        out.contains("\"sub\": \"bot-1\"") && out.contains("verified: yes"),
+        "{out}"
+    );
+    // The library agrees with the command line.
+    let key = tollgate::keys::read_verifying(&dir.path().join("issuer.pem")).unwrap();
+    let verified = tollgate::kernel::token::Verifier::new([key], "tollgate")
+        .verify(&token, std::time::SystemTime::now())
+        .unwrap();
+    assert!(verified.scope().allows("github__issues"));
+    // Another issuer's key does not verify it.
+    crate::common::run_binary(&["keys", "generate", "--out", "other.pem"], dir.path(), &[]);
+    let (status, out, _) = crate::common::run_binary(
+        &["token", "inspect", &token, "--public-key", "other.pem"],
+        dir.path(),
+        &[],
+    );
+    assert!(!status.success());
+    assert!(out.contains("verified: no (token_unknown_key"), "{out}");
+}
