@@ -8,7 +8,8 @@
 //!   process keeps serving;
 //! - `lifecycle`: the binary's commands, HTTPS, admin endpoints, shutdown;
 //! - `conformance`: HushSpec vectors, bundled policies, `extends`;
-//! - `kernel`: decisions end to end, the adversarial suite.
+//! - `kernel`: decisions end to end, the adversarial suite;
+//! - `properties`: generated inputs against normalisation and decisions.
 
 // Tests may unwrap: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -23,6 +24,8 @@ mod failures;
 mod kernel;
 #[path = "integration/lifecycle.rs"]
 mod lifecycle;
+#[path = "integration/properties.rs"]
+mod properties;
 #[path = "integration/streaming.rs"]
 mod streaming;
 #[path = "integration/transparency.rs"]
