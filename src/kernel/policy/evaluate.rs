@@ -280,9 +280,8 @@ impl Policy {
     /// The first of the policy's own secret patterns found in `text`.
     pub fn secret_in(&self, text: &str) -> Option<Evaluation> {
         let rule = self.rules.secret_patterns.as_ref()?;
-        let hit = rule.patterns.iter().find(|p| p.regex.is_match(text))?;
         // Every severity refuses: a secret on its way out is never a warning.
-        let _ = hit.severity;
+        let hit = rule.patterns.iter().find(|p| p.regex.is_match(text))?;
         result(
             Verdict::Deny,
             format!("rules.secret_patterns.patterns.{}", hit.name),

@@ -61,16 +61,20 @@ pub fn bundled(reference: &str) -> Option<(&'static str, &'static str)> {
 
 /// Reads, parses and resolves the policy file at `path`.
 pub fn resolve_file(path: &Path) -> Result<Document, PolicyError> {
-    let canonical = path.canonicalize().map_err(|source| PolicyError::Read {
+    let (document, source) = read_file(path)?;
+    resolve(document, source, &mut Vec::new())
+}
+
+/// Reads and parses one policy file (no resolution).
+fn read_file(path: &Path) -> Result<(Document, Source), PolicyError> {
+    let read_error = |source| PolicyError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    let text = std::fs::read_to_string(&canonical).map_err(|source| PolicyError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    };
+    let canonical = path.canonicalize().map_err(read_error)?;
+    let text = std::fs::read_to_string(&canonical).map_err(read_error)?;
     let document = parse_document(&text, &path.display().to_string())?;
-    resolve(document, Source::File(canonical), &mut Vec::new())
+    Ok((document, Source::File(canonical)))
 }
 
 /// Resolves the `extends` chain of a parsed document.
@@ -129,17 +133,5 @@ fn load_base(reference: &str, from: &Source) -> Result<(Document, Source), Polic
         }
         Source::Inline => PathBuf::from("."),
     };
-    let path = base_dir.join(reference);
-    let canonical = path.canonicalize().map_err(|source| PolicyError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let text = std::fs::read_to_string(&canonical).map_err(|source| PolicyError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    Ok((
-        parse_document(&text, &path.display().to_string())?,
-        Source::File(canonical),
-    ))
+    read_file(&base_dir.join(reference))
 }

@@ -8,8 +8,7 @@ use regex::Regex;
 
 use super::glob::{HostPatterns, PathGlobs};
 use super::model::{
-    ComputerUse, DefaultAction, Document, Extensions, PatchIntegrity, Severity, ToolAccess,
-    Velocity,
+    ComputerUse, DefaultAction, Document, Extensions, PatchIntegrity, ToolAccess, Velocity,
 };
 use super::{Policy, PolicyError};
 
@@ -44,7 +43,6 @@ pub struct EgressRule {
 pub struct SecretRule {
     pub(crate) name: String,
     pub(crate) regex: Regex,
-    pub(crate) severity: Severity,
 }
 
 /// `secret_patterns`, compiled.
@@ -154,7 +152,6 @@ pub fn compile(document: Document) -> Result<Policy, PolicyError> {
                 patterns.push(SecretRule {
                     name: p.name.clone(),
                     regex,
-                    severity: p.severity,
                 });
             }
             let skip_paths = globs("rules.secret_patterns.skip_paths", &b.skip_paths)?;
