@@ -169,3 +169,69 @@ fn merge_detection(base: &Detection, child: &Detection) -> Detection {
         threat_intel,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::policy::parse_document;
+
+    fn doc(text: &str) -> Document {
+        parse_document(text, "t").unwrap()
+    }
+
+    const BASE: &str = "hushspec: \"0.1.0\"\nname: base\ndescription: the base\nrules:\n  egress: {allow: [a.com]}\n  tool_access: {block: [rm]}\nextensions:\n  posture:\n    initial: open\n    states: {open: {capabilities: [egress]}, locked: {}}\n    transitions: []\n";
+
+    #[test]
+    fn merge_takes_whole_blocks_and_whole_extensions() {
+        let child = doc(
+            "hushspec: \"0.1.0\"\nmerge_strategy: merge\nrules:\n  egress: {allow: [b.com]}\nextensions:\n  posture:\n    initial: calm\n    states: {calm: {}}\n    transitions: []\n",
+        );
+        let merged = merge(&doc(BASE), &child);
+        let rules = merged.rules.as_ref().unwrap();
+        assert_eq!(rules.egress.as_ref().unwrap().allow, vec!["b.com"]);
+        assert_eq!(rules.tool_access.as_ref().unwrap().block, vec!["rm"]);
+        assert_eq!(merged.name.as_deref(), Some("base"));
+        assert_eq!(merged.merge_strategy, Some(MergeStrategy::Merge));
+        let states = &merged
+            .extensions
+            .as_ref()
+            .unwrap()
+            .posture
+            .as_ref()
+            .unwrap()
+            .states;
+        assert_eq!(
+            states.keys().collect::<Vec<_>>(),
+            vec!["calm"],
+            "merge replaces the posture whole"
+        );
+    }
+
+    #[test]
+    fn deep_merge_unites_posture_states() {
+        let child = doc(
+            "hushspec: \"0.1.0\"\nname: child\nextensions:\n  posture:\n    initial: calm\n    states: {calm: {}, open: {capabilities: [tool_call]}}\n    transitions: []\n",
+        );
+        let merged = merge(&doc(BASE), &child);
+        let posture = merged.extensions.as_ref().unwrap().posture.clone().unwrap();
+        assert_eq!(
+            posture.states.keys().collect::<Vec<_>>(),
+            vec!["calm", "locked", "open"]
+        );
+        assert_eq!(
+            posture.states["open"].capabilities,
+            vec!["tool_call"],
+            "the child's state wins"
+        );
+        assert_eq!(posture.initial, "calm");
+        assert_eq!(merged.description.as_deref(), Some("the base"));
+        assert!(merged.extends.is_none());
+    }
+
+    #[test]
+    fn replace_keeps_nothing_of_the_base() {
+        let child = doc("hushspec: \"0.1.0\"\nmerge_strategy: replace\nextends: base.yaml\n");
+        let merged = merge(&doc(BASE), &child);
+        assert!(merged.rules.is_none() && merged.name.is_none() && merged.extends.is_none());
+    }
+}
