@@ -111,6 +111,18 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Reads the rest of a streamed response into `got` (each chunk bounded by
+/// [`WAIT`]).
+pub async fn read_to_end(response: &mut reqwest::Response, got: &mut Vec<u8>) {
+    while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        got.extend_from_slice(&chunk);
+    }
+}
+
 /// Sends raw bytes on a fresh connection and reads until the server closes it.
 pub async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).await.unwrap();

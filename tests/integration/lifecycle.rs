@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::common::mock::{MockUpstream, Reply};
-use crate::common::{Binary, TestProxy, WAIT, client, run_binary};
+use crate::common::{Binary, TestProxy, WAIT, client, read_to_end, run_binary};
 use tollgate::cli::ServeArgs;
 
 #[tokio::test]
@@ -239,13 +239,7 @@ async fn sigterm_stops_accepting_and_lets_streams_in_flight_finish() {
     feed.send("data: [DONE]\n\n");
     drop(feed);
     let mut rest = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        rest.extend_from_slice(&chunk);
-    }
+    read_to_end(&mut response, &mut rest).await;
     assert_eq!(rest, b"data: {\"n\":2}\n\ndata: [DONE]\n\n");
     assert!(tollgate.wait_exit().success());
     tollgate.wait_line("all connections finished");

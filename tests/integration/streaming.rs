@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 
 use crate::common::mock::{MockUpstream, Reply};
-use crate::common::{TestProxy, WAIT, client, pattern, shared_fixtures};
+use crate::common::{TestProxy, WAIT, client, pattern, read_to_end, shared_fixtures};
 
 fn sse_headers() -> Vec<(String, String)> {
     vec![
@@ -179,13 +179,7 @@ async fn an_upstream_failing_mid_stream_ends_the_stream_with_an_error_event() {
     // Half an event, then the connection breaks.
     feed.send("data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"argum");
     feed.abort();
-    while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        got.extend_from_slice(&chunk);
-    }
+    read_to_end(&mut response, &mut got).await;
     let text = String::from_utf8(got).unwrap();
     assert!(text.starts_with(first));
     let rest = &text[first.len()..];
@@ -228,13 +222,7 @@ async fn anthropic_streams_fail_in_anthropic_format() {
     let mut got = Vec::new();
     read_until(&mut response, &mut got, first.len()).await;
     feed.abort();
-    while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        got.extend_from_slice(&chunk);
-    }
+    read_to_end(&mut response, &mut got).await;
     let text = String::from_utf8(got).unwrap();
     let rest = &text[first.len()..];
     assert!(rest.starts_with("event: error\ndata: "), "{rest}");
@@ -259,13 +247,7 @@ async fn a_silent_upstream_stream_is_ended_after_the_idle_timeout() {
         .unwrap();
     feed.send(first);
     let mut got = Vec::new();
-    while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        got.extend_from_slice(&chunk);
-    }
+    read_to_end(&mut response, &mut got).await;
     let text = String::from_utf8(got).unwrap();
     assert!(text.starts_with(first));
     assert!(
@@ -325,13 +307,7 @@ async fn an_event_larger_than_the_hold_limit_is_forwarded_as_it_comes() {
     .await;
     feed.send("\"}\n\ndata: [DONE]\n\n");
     drop(feed);
-    while let Some(chunk) = tokio::time::timeout(WAIT, response.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        got.extend_from_slice(&chunk);
-    }
+    read_to_end(&mut response, &mut got).await;
     let expected = format!("{big}\"}}\n\ndata: [DONE]\n\n");
     assert!(got == expected.as_bytes(), "a large event was changed");
 }
