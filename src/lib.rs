@@ -21,4 +21,5 @@ pub mod error;
 pub mod kernel;
 pub mod keys;
 pub mod proxy;
+pub mod receipt;
 pub mod telemetry;

@@ -9,7 +9,8 @@
 //! - `lifecycle`: the binary's commands, HTTPS, admin endpoints, shutdown;
 //! - `conformance`: HushSpec vectors, bundled policies, `extends`;
 //! - `kernel`: decisions end to end, the adversarial suite;
-//! - `properties`: generated inputs against normalisation and decisions.
+//! - `properties`: generated inputs against normalisation and decisions;
+//! - `receipts`: the signed, chained log and its verifier.
 
 // Tests may unwrap: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -26,6 +27,8 @@ mod kernel;
 mod lifecycle;
 #[path = "integration/properties.rs"]
 mod properties;
+#[path = "integration/receipts.rs"]
+mod receipts;
 #[path = "integration/streaming.rs"]
 mod streaming;
 #[path = "integration/transparency.rs"]

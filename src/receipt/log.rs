@@ -1,0 +1,520 @@
+//! The receipt log: append-only JSONL, one signed record per line, chained by
+//! `seq` and `prev`, durable before [`ReceiptLog::append`] returns.
+//!
+//! An append takes the chain lock just long enough to number the record, link it
+//! to the previous line, sign it on the caller's thread and queue it; a dedicated
+//! writer thread writes every queued line, syncs once for the whole batch (group
+//! commit) and only then answers each caller. The chain makes every signature
+//! depend on the previous line, so numbering and signing are one short critical
+//! section; everything else (building the draft, redaction, hashing the arguments)
+//! happens before it, on the caller's task.
+//!
+//! When a write or sync fails, the batch is cut back off the file, every queued
+//! append fails, and the chain resumes from the last durable record, so a failed
+//! append never leaves a gap or a half line. On start, an existing log is read
+//! back: a torn last line (a crash mid-write) is cut off, the chain continues from
+//! the last good record, and a `system` record notes the recovery. Past
+//! `rotate_bytes`, the file is renamed `<stem>.<first seq>.jsonl` and a new one is
+//! started; the chain runs on across files.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+
+use super::record::{ActionRecord, Draft, GENESIS, Reason, Receipt, line_hash};
+
+/// Most lines written per sync.
+const MAX_BATCH: usize = 4096;
+
+/// Options of a log.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Start a new file past this size (0: never).
+    pub rotate_bytes: u64,
+    /// The gateway's id, for the log's own records.
+    pub server_id: String,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            rotate_bytes: 64 * 1024 * 1024,
+            server_id: "tollgate".into(),
+        }
+    }
+}
+
+/// Why the log could not be opened or appended to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// Opening, reading or writing failed.
+    #[error("receipt log {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The record could not be made.
+    #[error("receipt could not be signed: {0}")]
+    Record(String),
+    /// The writer is gone (the log was closed).
+    #[error("receipt log is closed")]
+    Closed,
+}
+
+/// Where the chain stands.
+#[derive(Debug, Clone)]
+struct ChainState {
+    next_seq: u64,
+    prev: String,
+    last_time: SystemTime,
+}
+
+struct Job {
+    seq: u64,
+    line: Vec<u8>,
+    receipt: Receipt,
+    reply: tokio::sync::oneshot::Sender<Result<Receipt, LogError>>,
+}
+
+struct Shared {
+    chain: Mutex<ChainState>,
+    key: SigningKey,
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+/// An open receipt log.
+pub struct ReceiptLog {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ReceiptLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptLog")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> LogError {
+    LogError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Formats a time as RFC 3339 with microseconds, UTC.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+/// The rotated files of `path`, oldest first (`receipts.00000000000000000000.jsonl`, ...).
+pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{stem}.");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.strip_prefix(&prefix)
+                            .and_then(|r| r.strip_suffix(".jsonl"))
+                            .is_some_and(|digits| {
+                                digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())
+                            })
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The last complete line of a file and where the complete part ends.
+fn last_good_line(path: &Path) -> Result<(Option<Vec<u8>>, u64, u64), LogError> {
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let mut reader = BufReader::new(file);
+    let mut good_end = 0u64;
+    let mut last = None;
+    let mut total = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| io_error(path, e))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        let complete = buf.ends_with(b"\n");
+        let body = if complete {
+            &buf[..buf.len() - 1]
+        } else {
+            &buf[..]
+        };
+        if complete && serde_json::from_slice::<Receipt>(body).is_ok() {
+            good_end = total;
+            last = Some(body.to_vec());
+        } else {
+            // A torn or unreadable line: everything from here on is cut.
+            break;
+        }
+    }
+    let len = std::fs::metadata(path)
+        .map_err(|e| io_error(path, e))?
+        .len();
+    Ok((last, good_end, len))
+}
+
+impl ReceiptLog {
+    /// Opens (creating if needed) the log at `path`, signing with `key`.
+    pub fn open(path: &Path, key: SigningKey, options: LogOptions) -> Result<Self, LogError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(path, e))?;
+        }
+        let regular = path.metadata().map(|m| m.is_file()).unwrap_or(true);
+        let mut recovered_bytes = 0u64;
+        let mut last_line = None;
+        if regular && path.exists() {
+            let (last, good_end, len) = last_good_line(path)?;
+            if good_end < len {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| io_error(path, e))?;
+                file.set_len(good_end).map_err(|e| io_error(path, e))?;
+                file.sync_all().map_err(|e| io_error(path, e))?;
+                recovered_bytes = len - good_end;
+            }
+            last_line = last;
+        }
+        if last_line.is_none()
+            && let Some(previous) = rotated_files(path).last()
+        {
+            last_line = last_good_line(previous)?.0;
+        }
+        let chain = match &last_line {
+            Some(line) => {
+                let last: Receipt = serde_json::from_slice(line).map_err(|e| io_error(path, e))?;
+                let last_time =
+                    humantime::parse_rfc3339(&last.timestamp).unwrap_or(SystemTime::UNIX_EPOCH);
+                ChainState {
+                    next_seq: last.seq + 1,
+                    prev: line_hash(line),
+                    last_time,
+                }
+            }
+            None => ChainState {
+                next_seq: 0,
+                prev: GENESIS.to_owned(),
+                last_time: SystemTime::UNIX_EPOCH,
+            },
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io_error(path, e))?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let shared = Arc::new(Shared {
+            chain: Mutex::new(chain.clone()),
+            key,
+            queue: Mutex::new(Some(tx)),
+        });
+        let first_seq = if regular { first_seq_of(path) } else { None }.unwrap_or(chain.next_seq);
+        let mut writer = Writer {
+            path: path.to_path_buf(),
+            file,
+            regular,
+            rotate_bytes: options.rotate_bytes,
+            file_first_seq: first_seq,
+            durable: chain,
+            shared: shared.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("tollgate-receipts".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| io_error(path, e))?;
+        let log = Self {
+            shared,
+            path: path.to_path_buf(),
+            writer: Some(handle),
+        };
+        if recovered_bytes > 0 {
+            tracing::warn!(path = %path.display(), bytes = recovered_bytes, "receipt log had a torn last line; cut off");
+            log.append_blocking(recovery_draft(&options.server_id, recovered_bytes))?;
+        }
+        Ok(log)
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Signs `draft` as the next record and queues it; the returned receiver
+    /// answers once the record is durable (or failed).
+    fn submit(
+        &self,
+        draft: Draft,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Receipt, LogError>>, LogError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let mut chain = lock(&self.shared.chain);
+        let now = SystemTime::now().max(chain.last_time);
+        let receipt = Receipt::sign(
+            draft,
+            chain.next_seq,
+            chain.prev.clone(),
+            format!("rcpt_{}", uuid::Uuid::now_v7().simple()),
+            timestamp(now),
+            &self.shared.key,
+        )
+        .map_err(|e| LogError::Record(e.to_string()))?;
+        let mut line = receipt
+            .to_line()
+            .map_err(|e| LogError::Record(e.to_string()))?
+            .into_bytes();
+        let hash = line_hash(&line);
+        line.push(b'\n');
+        let queue = lock(&self.shared.queue);
+        let sender = queue.as_ref().ok_or(LogError::Closed)?;
+        sender
+            .send(Job {
+                seq: receipt.seq,
+                line,
+                receipt,
+                reply,
+            })
+            .map_err(|_| LogError::Closed)?;
+        chain.next_seq += 1;
+        chain.prev = hash;
+        chain.last_time = now;
+        Ok(rx)
+    }
+
+    /// Appends a record; returns it once it is durable. If this fails, the record
+    /// is not in the log and the decision must not take effect.
+    pub async fn append(&self, draft: Draft) -> Result<Receipt, LogError> {
+        let rx = self.submit(draft)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// [`ReceiptLog::append`] for threads outside an async runtime.
+    pub fn append_blocking(&self, draft: Draft) -> Result<Receipt, LogError> {
+        let rx = self.submit(draft)?;
+        rx.blocking_recv().map_err(|_| LogError::Closed)?
+    }
+
+    /// Stops the writer after everything queued is written.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        lock(&self.shared.queue).take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for ReceiptLog {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn recovery_draft(server_id: &str, bytes: u64) -> Draft {
+    Draft {
+        decision: "system".into(),
+        reason: Reason {
+            code: "log_recovered".into(),
+            message: format!("the last line of the log was torn ({bytes} bytes) and was cut off"),
+            matched_rule: None,
+        },
+        server_id: server_id.to_owned(),
+        agent_id: String::new(),
+        request_id: String::new(),
+        surface: "tollgate.log".into(),
+        action: ActionRecord {
+            tool_name: String::new(),
+            tool_call_id: String::new(),
+            parameters: json!({}),
+            parameters_hash: String::new(),
+        },
+        policy_hash: String::new(),
+        metadata: json!({"truncated_bytes": bytes}),
+    }
+}
+
+/// The seq of the first record in a file, if it has one.
+fn first_seq_of(path: &Path) -> Option<u64> {
+    let mut first = String::new();
+    let file = File::open(path).ok()?;
+    BufReader::new(file).read_line(&mut first).ok()?;
+    serde_json::from_str::<Receipt>(first.trim_end())
+        .ok()
+        .map(|r| r.seq)
+}
+
+struct Writer {
+    path: PathBuf,
+    file: File,
+    regular: bool,
+    rotate_bytes: u64,
+    file_first_seq: u64,
+    durable: ChainState,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            match self.write_batch(&batch) {
+                Ok(()) => {
+                    if let Some(last) = batch.last() {
+                        let line = &last.line[..last.line.len() - 1];
+                        self.durable = ChainState {
+                            next_seq: last.seq + 1,
+                            prev: line_hash(line),
+                            last_time: humantime::parse_rfc3339(&last.receipt.timestamp)
+                                .unwrap_or(self.durable.last_time),
+                        };
+                    }
+                    for job in batch {
+                        let _ = job.reply.send(Ok(job.receipt));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "receipt log write failed; appends fail until it can be written");
+                    // Resume the chain from the last durable record, and fail what
+                    // was numbered after it.
+                    let mut chain = lock(&self.shared.chain);
+                    *chain = self.durable.clone();
+                    let mut failed = batch;
+                    while let Ok(job) = rx.try_recv() {
+                        failed.push(job);
+                    }
+                    drop(chain);
+                    for job in failed {
+                        let _ = job.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_batch(&mut self, batch: &[Job]) -> Result<(), LogError> {
+        if self.regular && self.rotate_bytes > 0 {
+            self.rotate_if_needed(batch[0].seq)?;
+        }
+        let start = if self.regular {
+            self.file
+                .seek(SeekFrom::End(0))
+                .map_err(|e| io_error(&self.path, e))?
+        } else {
+            0
+        };
+        let mut bytes = Vec::with_capacity(batch.iter().map(|j| j.line.len()).sum());
+        for job in batch {
+            bytes.extend_from_slice(&job.line);
+        }
+        let result = self
+            .file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = result {
+            if self.regular {
+                // Cut the partial batch back off; if even that fails, the next
+                // start will cut it as a torn line.
+                let _ = self
+                    .file
+                    .set_len(start)
+                    .and_then(|()| self.file.sync_data());
+            }
+            return Err(io_error(&self.path, e));
+        }
+        Ok(())
+    }
+
+    fn rotate_if_needed(&mut self, next_seq: u64) -> Result<(), LogError> {
+        let size = self
+            .file
+            .metadata()
+            .map_err(|e| io_error(&self.path, e))?
+            .len();
+        if size < self.rotate_bytes || size == 0 {
+            return Ok(());
+        }
+        let stem = self
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("receipts");
+        let rotated = self
+            .path
+            .with_file_name(format!("{stem}.{:020}.jsonl", self.file_first_seq));
+        std::fs::rename(&self.path, &rotated).map_err(|e| io_error(&self.path, e))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| io_error(&self.path, e))?;
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.file_first_seq = next_seq;
+        Ok(())
+    }
+}
+
+/// Reads every line of a file (for `show`, `summary`, `tail`).
+pub fn read_lines(path: &Path) -> Result<Vec<String>, LogError> {
+    let mut text = String::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .map_err(|e| io_error(path, e))?;
+    Ok(text.lines().map(str::to_owned).collect())
+}

@@ -1,0 +1,319 @@
+//! The receipt log: round trip, concurrent appends, crash recovery, rotation,
+//! the tamper suite (each tampering named by the check it fails), and a log that
+//! cannot be written.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+
+use tollgate::receipt::log::rotated_files;
+use tollgate::receipt::record::{GENESIS, line_hash};
+use tollgate::receipt::verify::{Check, verify};
+use tollgate::receipt::{ActionRecord, Draft, LogOptions, Reason, Receipt, ReceiptLog};
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+fn draft(i: usize) -> Draft {
+    Draft {
+        decision: ["allow", "deny", "pending"][i % 3].into(),
+        reason: Reason {
+            code: if i % 3 == 1 {
+                "tool_access.block".into()
+            } else {
+                "allow".into()
+            },
+            message: format!("call {i}"),
+            matched_rule: None,
+        },
+        server_id: "test".into(),
+        agent_id: format!("agent-{}", i % 4),
+        request_id: format!("tgr_{i}"),
+        surface: "chat.completions".into(),
+        action: ActionRecord {
+            tool_name: format!("tool_{}", i % 5),
+            tool_call_id: format!("call_{i}"),
+            parameters: json!({"i": i}),
+            parameters_hash: "0".repeat(64),
+        },
+        policy_hash: "p".repeat(64),
+        metadata: json!({"adapter": "chat", "round": 0}),
+    }
+}
+
+fn write_log(path: &Path, n: usize) -> Vec<Receipt> {
+    let log = ReceiptLog::open(path, key(), LogOptions::default()).unwrap();
+    let out = (0..n)
+        .map(|i| log.append_blocking(draft(i)).unwrap())
+        .collect();
+    log.close();
+    out
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(
+        path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn appended_records_form_one_verified_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("receipts.jsonl");
+    let written = write_log(&path, 20);
+    assert_eq!(written[0].seq, 0);
+    assert_eq!(written[0].prev, GENESIS);
+    let file = lines(&path);
+    for (i, r) in written.iter().enumerate().skip(1) {
+        assert_eq!(r.seq, i as u64);
+        assert_eq!(r.prev, line_hash(file[i - 1].as_bytes()));
+    }
+    let report = verify(std::slice::from_ref(&path), &[key().verifying_key()]);
+    assert!(report.ok(), "{:?}", report.failure);
+    assert_eq!(report.records, 20);
+    // Reopening continues the chain.
+    let log = ReceiptLog::open(&path, key(), LogOptions::default()).unwrap();
+    assert_eq!(log.append_blocking(draft(20)).unwrap().seq, 20);
+    log.close();
+    assert!(verify(&[path], &[key().verifying_key()]).ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_give_one_unbroken_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("receipts.jsonl");
+    let log = Arc::new(ReceiptLog::open(&path, key(), LogOptions::default()).unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..64 {
+        let log = log.clone();
+        tasks.spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                seqs.push(log.append(draft(t * 100 + i)).await.unwrap().seq);
+            }
+            seqs
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(seqs) = tasks.join_next().await {
+        all.extend(seqs.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..1600).collect::<Vec<u64>>());
+    drop(log);
+    let report = verify(&[path], &[key().verifying_key()]);
+    assert!(report.ok(), "{:?}", report.failure);
+    assert_eq!(report.records, 1600);
+}
+
+#[test]
+fn a_torn_last_line_is_cut_off_and_the_recovery_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("receipts.jsonl");
+    write_log(&path, 5);
+    // A crash in the middle of writing the sixth record.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(r#"{"version":"tollgate.receipt.v1","receipt_id":"rcpt_x","seq":5,"pr"#);
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(
+        verify(std::slice::from_ref(&path), &[key().verifying_key()])
+            .failure
+            .unwrap()
+            .check,
+        Check::Truncated
+    );
+
+    let log = ReceiptLog::open(&path, key(), LogOptions::default()).unwrap();
+    let next = log.append_blocking(draft(6)).unwrap();
+    log.close();
+    let records: Vec<Receipt> = lines(&path)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 7);
+    assert_eq!(records[5].decision, "system");
+    assert_eq!(records[5].reason.code, "log_recovered");
+    assert_eq!(records[5].seq, 5);
+    assert_eq!(next.seq, 6);
+    assert!(verify(&[path], &[key().verifying_key()]).ok());
+}
+
+#[test]
+fn rotation_keeps_the_chain_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("receipts.jsonl");
+    let options = LogOptions {
+        rotate_bytes: 4096,
+        ..LogOptions::default()
+    };
+    let log = ReceiptLog::open(&path, key(), options.clone()).unwrap();
+    for i in 0..40 {
+        log.append_blocking(draft(i)).unwrap();
+    }
+    log.close();
+    let mut files = rotated_files(&path);
+    assert!(files.len() >= 2, "no rotation: {files:?}");
+    files.push(path.clone());
+    let report = verify(&files, &[key().verifying_key()]);
+    assert!(report.ok(), "{:?}", report.failure);
+    assert_eq!(report.records, 40);
+    // Verifying without the first file starts mid-chain, which is reported.
+    let report = verify(&files[1..], &[key().verifying_key()]);
+    assert!(report.ok());
+    assert!(report.first_seq.unwrap() > 0);
+    // Leaving a file out of the middle breaks the chain.
+    let mut gap = files.clone();
+    gap.remove(1);
+    assert_eq!(
+        verify(&gap, &[key().verifying_key()])
+            .failure
+            .unwrap()
+            .check,
+        Check::Sequence
+    );
+    // A reopened log continues after rotation.
+    let log = ReceiptLog::open(&path, key(), options).unwrap();
+    assert_eq!(log.append_blocking(draft(40)).unwrap().seq, 40);
+}
+
+fn tampered(name: &str, mutate: impl FnOnce(&mut Vec<String>)) -> (PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{name}.jsonl"));
+    write_log(&path, 6);
+    let mut l = lines(&path);
+    mutate(&mut l);
+    write_lines(&path, &l);
+    (path, dir)
+}
+
+#[test]
+fn every_kind_of_tampering_is_named_by_the_check_it_fails() {
+    let trusted = [key().verifying_key()];
+    type Mutation = Box<dyn FnOnce(&mut Vec<String>)>;
+    let cases: Vec<(&str, Check, Mutation)> = vec![
+        (
+            "flipped byte",
+            Check::Signature,
+            Box::new(|l: &mut Vec<String>| {
+                l[2] = l[2].replacen("\"message\":\"call 2\"", "\"message\":\"call 3\"", 1)
+            }),
+        ),
+        (
+            "deleted record",
+            Check::Sequence,
+            Box::new(|l: &mut Vec<String>| {
+                l.remove(3);
+            }),
+        ),
+        (
+            "swapped records",
+            Check::Sequence,
+            Box::new(|l: &mut Vec<String>| l.swap(2, 3)),
+        ),
+        (
+            "duplicated record",
+            Check::Sequence,
+            Box::new(|l: &mut Vec<String>| {
+                let copy = l[4].clone();
+                l.insert(4, copy);
+            }),
+        ),
+        (
+            "rechained forgery",
+            Check::Signature,
+            Box::new(|l: &mut Vec<String>| {
+                // Change a decision and fix up every later prev: the signatures catch it.
+                let mut r: Receipt = serde_json::from_str(&l[1]).unwrap();
+                r.decision = "allow".into();
+                l[1] = r.to_line().unwrap();
+                for i in 2..l.len() {
+                    let mut next: Receipt = serde_json::from_str(&l[i]).unwrap();
+                    next.prev = line_hash(l[i - 1].as_bytes());
+                    l[i] = next.to_line().unwrap();
+                }
+            }),
+        ),
+        (
+            "unknown key",
+            Check::UnknownKey,
+            Box::new(|l: &mut Vec<String>| {
+                let r: Receipt = serde_json::from_str(&l[5]).unwrap();
+                let other = SigningKey::from_bytes(&[9; 32]);
+                let forged = Receipt::sign(
+                    draft(5),
+                    r.seq,
+                    r.prev.clone(),
+                    r.receipt_id.clone(),
+                    r.timestamp.clone(),
+                    &other,
+                )
+                .unwrap();
+                l[5] = forged.to_line().unwrap();
+            }),
+        ),
+        (
+            "time going back",
+            Check::Signature,
+            Box::new(|l: &mut Vec<String>| {
+                l[3] = l[3].replacen("\"timestamp\":\"2", "\"timestamp\":\"1", 1)
+            }),
+        ),
+    ];
+    for (name, expected, mutate) in cases {
+        let (path, _dir) = tampered(name, mutate);
+        let report = verify(&[path], &trusted);
+        let failure = report
+            .failure
+            .unwrap_or_else(|| panic!("{name}: verify passed"));
+        assert_eq!(failure.check, expected, "{name}: {failure:?}");
+        assert!(failure.line > 0, "{name}");
+    }
+    // A cut-off tail.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.jsonl");
+    write_log(&path, 4);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, &text[..text.len() - 30]).unwrap();
+    assert_eq!(
+        verify(&[path], &trusted).failure.unwrap().check,
+        Check::Truncated
+    );
+}
+
+#[test]
+fn a_log_that_cannot_be_written_never_reports_success() {
+    // A full disk: every write fails with ENOSPC.
+    let full = Path::new("/dev/full");
+    if full.exists() {
+        let log = ReceiptLog::open(full, key(), LogOptions::default()).unwrap();
+        for i in 0..3 {
+            assert!(
+                log.append_blocking(draft(i)).is_err(),
+                "append {i} reported success on a full disk"
+            );
+        }
+    }
+    // A read-only file, even for root: it may open, but nothing can be appended.
+    if let Ok(log) = ReceiptLog::open(Path::new("/proc/version"), key(), LogOptions::default()) {
+        assert!(
+            log.append_blocking(draft(0)).is_err(),
+            "append reported success on a read-only file"
+        );
+    }
+    // A directory where the file should be.
+    let dir = tempfile::tempdir().unwrap();
+    assert!(ReceiptLog::open(dir.path(), key(), LogOptions::default()).is_err());
+}
