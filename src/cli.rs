@@ -54,6 +54,70 @@ pub enum Command {
     /// Capability tokens for `tokens` auth mode.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Signed receipt logs: verify, show, summarise, follow.
+    #[command(subcommand)]
+    Receipts(ReceiptsCommand),
+}
+
+/// The default signing key: `signing-key.pem` in the data directory `.tollgate`.
+pub const DEFAULT_SIGNING_KEY: &str = ".tollgate/signing-key.pem";
+
+/// The `receipts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReceiptsCommand {
+    /// Check every signature, the chain across files, seq continuity and time
+    /// order; exit 0 only if all hold.
+    Verify {
+        /// Log files, oldest first (rotated files, then the current one).
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+        /// Trusted public keys (PEM). Without any, the local signing key's public
+        /// half is trusted.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One readable line per receipt.
+    Show {
+        /// The log file.
+        log: PathBuf,
+        /// Only this decision.
+        #[arg(long, value_parser = ["allow", "deny", "pending", "system"])]
+        decision: Option<String>,
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this tool.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Only receipts at or after this time: RFC 3339, or a duration ago (`15m`).
+        #[arg(long)]
+        since: Option<String>,
+        /// One JSON receipt per line instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts per decision, tool and agent; deny reasons; policy hashes.
+    Summary {
+        /// The log file.
+        log: PathBuf,
+        /// Markdown tables (for a CI job summary).
+        #[arg(long)]
+        markdown: bool,
+        /// Exit non-zero if anything was denied.
+        #[arg(long)]
+        fail_on_deny: bool,
+    },
+    /// Print receipts as they are appended.
+    Tail {
+        /// The log file.
+        log: PathBuf,
+        /// How many existing receipts to print first.
+        #[arg(long, default_value_t = 10)]
+        lines: usize,
+    },
 }
 
 /// The `keys` subcommands.
@@ -62,7 +126,7 @@ pub enum KeysCommand {
     /// Write a new signing key (PKCS#8 PEM, owner-only) and print its public key.
     Generate {
         /// Where to write the key.
-        #[arg(long, default_value = "tollgate-key.pem")]
+        #[arg(long, default_value = DEFAULT_SIGNING_KEY)]
         out: PathBuf,
         /// Replace an existing file.
         #[arg(long)]
@@ -71,7 +135,7 @@ pub enum KeysCommand {
     /// Print the public key (SPKI PEM) and key id of a signing key.
     Public {
         /// The signing key.
-        #[arg(long, default_value = "tollgate-key.pem")]
+        #[arg(long, default_value = DEFAULT_SIGNING_KEY)]
         key: PathBuf,
     },
 }
@@ -94,7 +158,7 @@ pub enum TokenCommand {
         #[arg(long, default_value = "tollgate")]
         audience: String,
         /// The signing key.
-        #[arg(long, default_value = "tollgate-key.pem")]
+        #[arg(long, default_value = DEFAULT_SIGNING_KEY)]
         key: PathBuf,
     },
     /// Show a token's claims; with public keys, verify it too.

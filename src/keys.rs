@@ -106,6 +106,25 @@ pub fn read_verifying(path: &Path) -> Result<VerifyingKey, KeyError> {
         })
 }
 
+/// The signing key to use: the configured file, which must exist (a missing or
+/// unreadable configured key is an error, never a silent new key); or, with none
+/// configured, `default`, created with a fresh key on first use. Returns the key
+/// and whether it was created.
+pub fn load_or_create(
+    configured: Option<&Path>,
+    default: &Path,
+) -> Result<(SigningKey, bool), KeyError> {
+    match configured {
+        Some(path) => Ok((read_signing(path)?, false)),
+        None if default.exists() => Ok((read_signing(default)?, false)),
+        None => {
+            let key = generate()?;
+            write_signing(default, &key, false)?;
+            Ok((key, true))
+        }
+    }
+}
+
 /// The SPKI PEM of a public key.
 pub fn public_pem(key: &VerifyingKey) -> String {
     key.to_public_key_pem(LineEnding::LF).unwrap_or_default()
@@ -114,6 +133,28 @@ pub fn public_pem(key: &VerifyingKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configured_key_must_exist_and_a_default_one_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        assert!(matches!(
+            load_or_create(Some(&missing), &missing),
+            Err(KeyError::Io { .. })
+        ));
+        assert!(!missing.exists(), "a configured key is never created");
+        let default = dir.path().join("data/signing-key.pem");
+        let (first, created) = load_or_create(None, &default).unwrap();
+        assert!(created);
+        let (again, created) = load_or_create(None, &default).unwrap();
+        assert!(!created);
+        assert_eq!(first.to_bytes(), again.to_bytes());
+        std::fs::write(&missing, "garbage").unwrap();
+        assert!(matches!(
+            load_or_create(Some(&missing), &default),
+            Err(KeyError::Format { .. })
+        ));
+    }
 
     #[test]
     fn keys_round_trip_through_pem_files() {

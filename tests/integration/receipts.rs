@@ -317,3 +317,135 @@ fn a_log_that_cannot_be_written_never_reports_success() {
     let dir = tempfile::tempdir().unwrap();
     assert!(ReceiptLog::open(dir.path(), key(), LogOptions::default()).is_err());
 }
+
+#[test]
+fn receipts_commands_verify_show_and_summarise() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("key.pem");
+    tollgate::keys::write_signing(&key_path, &key(), false).unwrap();
+    let path = dir.path().join("receipts.jsonl");
+    write_log(&path, 9);
+    let run = |args: &[&str]| crate::common::run_binary(args, dir.path(), &[]);
+
+    let (status, out, err) = run(&[
+        "receipts",
+        "verify",
+        "receipts.jsonl",
+        "--public-key",
+        "key.pem",
+    ]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.starts_with("OK: 9 receipts, seq 0..8"), "{out}");
+    let (status, out, _) = run(&[
+        "receipts",
+        "verify",
+        "receipts.jsonl",
+        "--public-key",
+        "key.pem",
+        "--json",
+    ]);
+    assert!(status.success());
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["records"], 9);
+
+    let (status, out, _) = run(&["receipts", "show", "receipts.jsonl", "--decision", "deny"]);
+    assert!(status.success());
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.contains(" deny ") && l.contains("tool_access.block")),
+        "{out}"
+    );
+    let (_, out, _) = run(&[
+        "receipts",
+        "show",
+        "receipts.jsonl",
+        "--agent",
+        "agent-1",
+        "--json",
+        "--since",
+        "1h",
+    ]);
+    for line in out.lines() {
+        let r: Receipt = serde_json::from_str(line).unwrap();
+        assert_eq!(r.agent_id, "agent-1");
+    }
+    assert!(!out.is_empty());
+
+    let (status, out, _) = run(&[
+        "receipts",
+        "summary",
+        "receipts.jsonl",
+        "--markdown",
+        "--fail-on-deny",
+    ]);
+    assert!(!status.success(), "denials must fail the CI job");
+    assert!(
+        out.contains("| deny | 3 |") && out.contains("| `tool_access.block` | 3 |"),
+        "{out}"
+    );
+    let (status, out, _) = run(&["receipts", "summary", "receipts.jsonl"]);
+    assert!(status.success());
+    assert!(
+        out.starts_with("9 receipts: 3 allow, 3 deny, 3 pending"),
+        "{out}"
+    );
+
+    // A tampered log fails verification, naming the record and the check.
+    let mut l = lines(&path);
+    l.swap(4, 5);
+    write_lines(&path, &l);
+    let (status, out, _) = run(&[
+        "receipts",
+        "verify",
+        "receipts.jsonl",
+        "--public-key",
+        "key.pem",
+    ]);
+    assert!(!status.success());
+    assert!(
+        out.contains("receipts.jsonl:5 (seq 5): Sequence check"),
+        "{out}"
+    );
+}
+
+#[test]
+fn receipts_tail_follows_new_records() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("receipts.jsonl");
+    write_log(&path, 3);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["receipts", "tail", "receipts.jsonl", "--lines", "2"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(crate::common::WAIT).unwrap();
+    assert!(first.contains("#1 "), "{first}");
+    assert!(
+        rx.recv_timeout(crate::common::WAIT)
+            .unwrap()
+            .contains("#2 ")
+    );
+    let log = ReceiptLog::open(&path, key(), LogOptions::default()).unwrap();
+    log.append_blocking(draft(3)).unwrap();
+    let followed = rx
+        .recv_timeout(crate::common::WAIT)
+        .expect("tail did not print the new receipt");
+    assert!(
+        followed.contains("#3 ") && followed.contains("request=tgr_3"),
+        "{followed}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -4,6 +4,8 @@
 //! error; they return an error instead of exiting, and `main` turns it into the
 //! exit code.
 
+mod receipts;
+
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -50,6 +52,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Policy(PolicyCommand::Explain(args)) => policy_explain(&args),
         Command::Keys(command) => keys(command),
         Command::Token(command) => tokens(command),
+        Command::Receipts(command) => receipts::run(command),
         Command::Certs(CertsCommand::Dev(args)) => {
             let written = crate::certs::write_dev(&args.dir, args.force)?;
             let mut out = std::io::stdout().lock();
