@@ -255,18 +255,27 @@ fn summary(log: &Path, markdown: bool, fail_on_deny: bool) -> Result<ExitCode, C
 }
 
 fn tail(log: &Path, lines: usize) -> Result<ExitCode, CommandError> {
-    let existing = receipts(log).unwrap_or_default();
+    // Read what is there through the same handle that then follows the file, so
+    // nothing appended in between is missed.
+    let mut file = std::fs::File::open(log)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text)?;
+    let complete = text.rfind('\n').map_or(0, |i| i + 1);
+    let mut position = complete as u64;
+    let existing: Vec<Receipt> = text[..complete]
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let mut out = std::io::stdout().lock();
-    for (_, r) in existing.iter().skip(existing.len().saturating_sub(lines)) {
+    for r in existing.iter().skip(existing.len().saturating_sub(lines)) {
         writeln!(out, "{}", one_line(r))?;
     }
     out.flush()?;
-    let mut file = std::fs::File::open(log)?;
-    let mut position = file.seek(SeekFrom::End(0))?;
     let mut pending = String::new();
     loop {
-        let len = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
-        if len < position {
+        let meta = std::fs::metadata(log).ok();
+        let len = meta.as_ref().map_or(0, |m| m.len());
+        if len < position || meta.is_some_and(|m| replaced(&m, &file)) {
             // Rotated or truncated: start over with the new file.
             file = std::fs::File::open(log)?;
             position = 0;
@@ -289,5 +298,20 @@ fn tail(log: &Path, lines: usize) -> Result<ExitCode, CommandError> {
         }
         // Following a file has no blocking wait in std; poll gently.
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether the path now names another file than the one open (after rotation).
+fn replaced(path_meta: &std::fs::Metadata, open: &std::fs::File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        open.metadata()
+            .is_ok_and(|m| m.ino() != path_meta.ino() || m.dev() != path_meta.dev())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path_meta, open);
+        false
     }
 }
