@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 
-use super::record::{ActionRecord, Draft, GENESIS, Reason, Receipt, line_hash};
+use super::record::{ActionRecord, Draft, GENESIS, Prepared, Reason, Receipt, line_hash};
 
 /// Most lines written per sync.
 const MAX_BATCH: usize = 4096;
@@ -287,21 +287,22 @@ impl ReceiptLog {
         draft: Draft,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Receipt, LogError>>, LogError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
+        // Everything that does not depend on the chain is done before the lock.
+        let prepared = Prepared::new(draft, &self.shared.key.verifying_key())
+            .map_err(|e| LogError::Record(e.to_string()))?;
+        let receipt_id = format!("rcpt_{}", uuid::Uuid::now_v7().simple());
         let mut chain = lock(&self.shared.chain);
         let now = SystemTime::now().max(chain.last_time);
-        let receipt = Receipt::sign(
-            draft,
-            chain.next_seq,
-            chain.prev.clone(),
-            format!("rcpt_{}", uuid::Uuid::now_v7().simple()),
-            timestamp(now),
-            &self.shared.key,
-        )
-        .map_err(|e| LogError::Record(e.to_string()))?;
-        let mut line = receipt
-            .to_line()
-            .map_err(|e| LogError::Record(e.to_string()))?
-            .into_bytes();
+        let (receipt, line) = prepared
+            .finish(
+                chain.next_seq,
+                &chain.prev,
+                &receipt_id,
+                &timestamp(now),
+                &self.shared.key,
+            )
+            .map_err(|e| LogError::Record(e.to_string()))?;
+        let mut line = line.into_bytes();
         let hash = line_hash(&line);
         line.push(b'\n');
         let queue = lock(&self.shared.queue);
