@@ -10,4 +10,4 @@ pub mod record;
 pub mod verify;
 
 pub use log::{LogError, LogOptions, ReceiptLog};
-pub use record::{ActionRecord, Draft, Reason, Receipt};
+pub use record::{ActionRecord, Draft, DraftContext, Reason, Receipt};

@@ -68,6 +68,55 @@ pub struct Draft {
     pub metadata: Value,
 }
 
+impl Draft {
+    /// The draft of a kernel decision about one call: the decision, its reason,
+    /// the redacted arguments and the hash of the original ones, the policy hash.
+    pub fn from_decision(
+        decision: &crate::kernel::Decision,
+        call: &crate::kernel::Call<'_>,
+        tool_call_id: &str,
+        context: DraftContext<'_>,
+    ) -> Self {
+        let mut metadata = context.metadata;
+        if let (Some(id), Some(map)) = (decision.approval_id(), metadata.as_object_mut()) {
+            map.insert("approval_id".into(), Value::String(id.to_owned()));
+        }
+        Self {
+            decision: decision.outcome().as_str().to_owned(),
+            reason: Reason {
+                code: decision.code().to_owned(),
+                message: decision.message().to_owned(),
+                matched_rule: decision.matched_rule().map(str::to_owned),
+            },
+            server_id: context.server_id.to_owned(),
+            agent_id: call.agent_id.to_owned(),
+            request_id: context.request_id.to_owned(),
+            surface: context.surface.to_owned(),
+            action: ActionRecord {
+                tool_name: call.tool.to_owned(),
+                tool_call_id: tool_call_id.to_owned(),
+                parameters: decision.parameters().clone(),
+                parameters_hash: decision.parameters_hash().to_owned(),
+            },
+            policy_hash: decision.policy_hash().to_owned(),
+            metadata,
+        }
+    }
+}
+
+/// Where a decision was made, for [`Draft::from_decision`].
+#[derive(Debug, Clone)]
+pub struct DraftContext<'a> {
+    /// Which gateway.
+    pub server_id: &'a str,
+    /// tollgate's request id.
+    pub request_id: &'a str,
+    /// Which API surface.
+    pub surface: &'a str,
+    /// Adapter, route, round, ... (an object).
+    pub metadata: Value,
+}
+
 /// One signed receipt: one line of the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

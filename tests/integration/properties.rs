@@ -73,6 +73,16 @@ proptest! {
     }
 
     #[test]
+    fn the_receipt_verifier_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, &bytes).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key();
+        let report = tollgate::receipt::verify::verify(&[path], &[key]);
+        prop_assert!(report.records == 0 || !report.ok() || bytes.windows(8).any(|w| w == b"ed25519:"));
+    }
+
+    #[test]
     fn the_policy_parser_never_panics(s in "[a-z_:\\[\\]{}\"' \\n\\-0-9.]{0,200}") {
         let _ = Policy::from_text(&format!("hushspec: \"0.1.0\"\n{s}"), "prop");
     }

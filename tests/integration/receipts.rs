@@ -449,3 +449,101 @@ fn receipts_tail_follows_new_records() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_receipt_of_a_decision_holds_the_redacted_arguments_and_the_original_hash() {
+    use tollgate::kernel::policy::Policy;
+    use tollgate::kernel::{Call, Kernel, Now};
+    let kernel = Kernel::new(Policy::bundled("default").unwrap());
+    let arguments = r#"{"note":"key AKIAIOSFODNN7EXAMPLE","n":1}"#;
+    let call = Call {
+        agent_id: "key:0123456789abcdef",
+        scope: None,
+        tool: "send_note",
+        arguments,
+        has_side_effects: false,
+    };
+    let decision = kernel.decide(&call, Now::current());
+    let draft = Draft::from_decision(
+        &decision,
+        &call,
+        "call_9",
+        tollgate::receipt::DraftContext {
+            server_id: "gw-1",
+            request_id: "tgr_9",
+            surface: "chat.completions",
+            metadata: json!({"adapter": "chat", "route": "client", "round": 0}),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("receipts.jsonl");
+    let log = ReceiptLog::open(&path, key(), LogOptions::default()).unwrap();
+    let receipt = log.append_blocking(draft).unwrap();
+    log.close();
+    let line = std::fs::read_to_string(&path).unwrap();
+    assert!(!line.contains("AKIAIOSFODNN7EXAMPLE"), "{line}");
+    assert_eq!(receipt.decision, "deny");
+    assert_eq!(receipt.reason.code, "secret_patterns.aws_access_key");
+    assert!(
+        receipt.action.parameters["note"]
+            .as_str()
+            .unwrap()
+            .contains("[REDACTED:aws_access_key:sha256:")
+    );
+    // parameters_hash is over the original canonical arguments.
+    let original: serde_json::Value = serde_json::from_str(arguments).unwrap();
+    let expected = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(serde_jcs::to_vec(&original).unwrap()))
+    };
+    assert_eq!(receipt.action.parameters_hash, expected);
+    assert_eq!(receipt.policy_hash, kernel.policy().hash());
+    assert!(verify(&[path], &[key().verifying_key()]).ok());
+}
+
+#[test]
+fn a_timestamp_going_back_fails_the_time_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("receipts.jsonl");
+    let k = key();
+    let first = Receipt::sign(
+        draft(0),
+        0,
+        GENESIS.into(),
+        "rcpt_a".into(),
+        "2026-11-21T22:00:10.000000Z".into(),
+        &k,
+    )
+    .unwrap();
+    let first_line = first.to_line().unwrap();
+    // Signed correctly and chained correctly, but five seconds earlier.
+    let second = Receipt::sign(
+        draft(1),
+        1,
+        line_hash(first_line.as_bytes()),
+        "rcpt_b".into(),
+        "2026-11-21T22:00:05.000000Z".into(),
+        &k,
+    )
+    .unwrap();
+    write_lines(&path, &[first_line.clone(), second.to_line().unwrap()]);
+    let failure = verify(std::slice::from_ref(&path), &[k.verifying_key()])
+        .failure
+        .unwrap();
+    assert_eq!(
+        (failure.check, failure.line, failure.seq),
+        (Check::Time, 2, Some(1))
+    );
+    // Within the tolerance it passes.
+    let close = Receipt::sign(
+        draft(1),
+        1,
+        line_hash(first_line.as_bytes()),
+        "rcpt_b".into(),
+        "2026-11-21T22:00:09.500000Z".into(),
+        &k,
+    )
+    .unwrap();
+    write_lines(&path, &[first_line, close.to_line().unwrap()]);
+    assert!(verify(&[path], &[k.verifying_key()]).ok());
+}
