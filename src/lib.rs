@@ -13,6 +13,7 @@
 //! - [`kernel`]: decisions about tool calls (HushSpec policies), with no I/O;
 //! - [`certs`]: development certificates for the HTTPS listener.
 
+pub mod adapter;
 pub mod certs;
 pub mod cli;
 pub mod commands;

@@ -1,0 +1,544 @@
+//! The Chat Completions surface (`POST /v1/chat/completions`), as pure functions:
+//! bytes or values in, values out, no I/O.
+//!
+//! Requests and responses stay `serde_json::Value`s with their key order kept, and
+//! only the fields tollgate acts on are read or changed: `tools` (governed tools
+//! injected), `messages` (tool results spliced in), `choices[].message.tool_calls`
+//! and the legacy `function_call` (calls found, handled ones removed). For streams,
+//! [`StreamAssembler`] puts tool-call fragments back together by choice and index
+//! and says when each call is complete.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+/// A tool tollgate hosts, as the model sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GovernedTool {
+    /// `server__tool`.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// JSON Schema of its arguments.
+    pub parameters: Value,
+}
+
+/// A request tollgate cannot govern as sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdapterError {
+    /// The body is not a JSON object.
+    #[error("the request body is not a JSON object")]
+    NotAnObject,
+    /// A field has the wrong shape.
+    #[error("`{field}` is malformed: {message}")]
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A client tool has a governed tool's name.
+    #[error("the tool `{0}` is provided by the gateway; a client tool cannot have the same name")]
+    NameClash(String),
+}
+
+/// Adds the governed tools to a request's `tools`. A request without tools gets a
+/// `tools` list of its own; `tool_choice` is left as the client set it.
+pub fn inject_tools(request: &mut Value, governed: &[GovernedTool]) -> Result<(), AdapterError> {
+    if governed.is_empty() {
+        return Ok(());
+    }
+    let object = request.as_object_mut().ok_or(AdapterError::NotAnObject)?;
+    let tools = object
+        .entry("tools")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let list = tools
+        .as_array_mut()
+        .ok_or_else(|| AdapterError::Malformed {
+            field: "tools",
+            message: "not a list".into(),
+        })?;
+    for tool in list.iter() {
+        let name = tool
+            .pointer("/function/name")
+            .or_else(|| tool.pointer("/custom/name"))
+            .and_then(Value::as_str);
+        if let Some(name) = name.filter(|n| governed.iter().any(|g| g.name == *n)) {
+            return Err(AdapterError::NameClash(name.to_owned()));
+        }
+    }
+    for g in governed {
+        list.push(json!({
+            "type": "function",
+            "function": {"name": g.name, "description": g.description, "parameters": g.parameters}
+        }));
+    }
+    Ok(())
+}
+
+/// What kind of call the model made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// `tool_calls[]` of type `function`.
+    Function,
+    /// `tool_calls[]` of type `custom` (free-form input).
+    Custom,
+    /// The legacy `function_call` (no id).
+    LegacyFunction,
+}
+
+/// One tool call in a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The choice it belongs to.
+    pub choice: u64,
+    /// Its position among the choice's calls.
+    pub position: usize,
+    /// `call_…` (empty for the legacy form).
+    pub id: String,
+    /// The tool's name, as written.
+    pub name: String,
+    /// The arguments (a JSON string for functions, free text for custom tools).
+    pub arguments: String,
+    /// Which form.
+    pub kind: CallKind,
+}
+
+/// Every tool call in a non-streaming response, in choice order.
+pub fn tool_calls(response: &Value) -> Vec<ToolCall> {
+    let mut out = Vec::new();
+    let Some(choices) = response.get("choices").and_then(Value::as_array) else {
+        return out;
+    };
+    for (i, choice) in choices.iter().enumerate() {
+        let index = choice
+            .get("index")
+            .and_then(Value::as_u64)
+            .unwrap_or(i as u64);
+        let Some(message) = choice.get("message") else {
+            continue;
+        };
+        if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+            for (position, call) in calls.iter().enumerate() {
+                let custom = call.get("type").and_then(Value::as_str) == Some("custom");
+                let (name, arguments) = if custom {
+                    (call.pointer("/custom/name"), call.pointer("/custom/input"))
+                } else {
+                    (
+                        call.pointer("/function/name"),
+                        call.pointer("/function/arguments"),
+                    )
+                };
+                out.push(ToolCall {
+                    choice: index,
+                    position,
+                    id: call
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    name: name.and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    arguments: arguments
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    kind: if custom {
+                        CallKind::Custom
+                    } else {
+                        CallKind::Function
+                    },
+                });
+            }
+        }
+        if let Some(call) = message.get("function_call") {
+            out.push(ToolCall {
+                choice: index,
+                position: 0,
+                id: String::new(),
+                name: call
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                arguments: call
+                    .get("arguments")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                kind: CallKind::LegacyFunction,
+            });
+        }
+    }
+    out
+}
+
+/// Removes the calls whose ids are in `handled` from a response, for the client.
+/// A choice left with no calls gets `finish_reason: "stop"` and loses its empty
+/// `tool_calls`; the remaining calls keep their order.
+pub fn without_calls(response: &Value, handled: &[String]) -> Value {
+    let mut out = response.clone();
+    let Some(choices) = out.get_mut("choices").and_then(Value::as_array_mut) else {
+        return out;
+    };
+    for choice in choices {
+        let Some(message) = choice.get_mut("message").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        let emptied = match message.get_mut("tool_calls").and_then(Value::as_array_mut) {
+            Some(calls) => {
+                let before = calls.len();
+                calls.retain(|c| {
+                    !c.get("id")
+                        .and_then(Value::as_str)
+                        .is_some_and(|id| handled.iter().any(|h| h == id))
+                });
+                before > 0 && calls.is_empty()
+            }
+            None => false,
+        };
+        if emptied {
+            message.remove("tool_calls");
+            if let Some(obj) = choice.as_object_mut()
+                && obj.get("finish_reason").and_then(Value::as_str) == Some("tool_calls")
+            {
+                obj.insert("finish_reason".into(), Value::String("stop".into()));
+            }
+        }
+    }
+    out
+}
+
+/// The assistant message of choice `choice`, as the conversation continues with it
+/// (every call kept).
+pub fn assistant_message(response: &Value, choice: u64) -> Option<Value> {
+    response
+        .get("choices")?
+        .as_array()?
+        .iter()
+        .enumerate()
+        .find(|(i, c)| c.get("index").and_then(Value::as_u64).unwrap_or(*i as u64) == choice)
+        .and_then(|(_, c)| c.get("message").cloned())
+}
+
+/// A `role: tool` message answering call `id`.
+pub fn tool_message(id: &str, content: &str) -> Value {
+    json!({"role": "tool", "tool_call_id": id, "content": content})
+}
+
+/// The tool output the model receives for a refused call: JSON it can act on.
+pub fn denial_output(code: &str, message: &str, receipt_id: &str, recovery: &[&str]) -> String {
+    json!({"error": {
+        "type": "tool_call_denied",
+        "code": code,
+        "message": message,
+        "receipt_id": receipt_id,
+        "recovery": recovery,
+    }})
+    .to_string()
+}
+
+/// Adds `add`'s usage to `total` (prompt, completion and total tokens, and the
+/// numeric details), for a response made of several rounds.
+pub fn add_usage(total: &mut Value, add: &Value) {
+    match (total, add) {
+        (Value::Object(t), Value::Object(a)) => {
+            for (key, value) in a {
+                match t.get_mut(key) {
+                    Some(existing) => add_usage(existing, value),
+                    None => {
+                        t.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (t @ Value::Number(_), Value::Number(a)) => {
+            if let (Some(x), Some(y)) = (t.as_u64(), a.as_u64()) {
+                *t = Value::from(x + y);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One tool call put back together from stream fragments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssembledCall {
+    /// The call id (from the first fragment).
+    pub id: String,
+    /// The tool name (from the first fragment).
+    pub name: String,
+    /// The arguments, concatenated.
+    pub arguments: String,
+    /// `function` or `custom`.
+    pub kind: String,
+}
+
+/// What one stream chunk meant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// A call was completed (a later index started, or its choice finished).
+    CallComplete {
+        /// The choice.
+        choice: u64,
+        /// The call's index in the model's stream.
+        index: u64,
+        /// The call.
+        call: AssembledCall,
+    },
+    /// A choice finished.
+    Finish {
+        /// The choice.
+        choice: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The usage chunk (`choices: []` with `usage`).
+    Usage(Value),
+}
+
+/// Reassembles tool calls from `chat.completion.chunk`s, as the SDKs do: by choice
+/// and by `index`; `id`, `type` and `name` from the first fragment, `arguments`
+/// concatenated. A call is complete when a fragment of a later index arrives for
+/// its choice, or when the choice finishes.
+#[derive(Debug, Default)]
+pub struct StreamAssembler {
+    open: BTreeMap<u64, BTreeMap<u64, AssembledCall>>,
+}
+
+impl StreamAssembler {
+    /// A new assembler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one parsed chunk; returns what it completed.
+    pub fn push(&mut self, chunk: &Value) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        let choices = chunk.get("choices").and_then(Value::as_array);
+        if choices.is_some_and(Vec::is_empty)
+            && let Some(usage) = chunk.get("usage").filter(|u| u.is_object())
+        {
+            events.push(StreamEvent::Usage(usage.clone()));
+        }
+        for (i, choice) in choices.into_iter().flatten().enumerate() {
+            let c = choice
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(i as u64);
+            let open = self.open.entry(c).or_default();
+            if let Some(fragments) = choice
+                .pointer("/delta/tool_calls")
+                .and_then(Value::as_array)
+            {
+                for f in fragments {
+                    let index = f.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    // Calls stream one after another: a new index closes the earlier ones.
+                    let earlier: Vec<u64> = open.keys().copied().filter(|k| *k < index).collect();
+                    for k in earlier {
+                        if let Some(call) = open.remove(&k) {
+                            events.push(StreamEvent::CallComplete {
+                                choice: c,
+                                index: k,
+                                call,
+                            });
+                        }
+                    }
+                    let call = open.entry(index).or_default();
+                    if let Some(id) = f.get("id").and_then(Value::as_str) {
+                        call.id.push_str(id);
+                    }
+                    if let Some(kind) = f.get("type").and_then(Value::as_str) {
+                        call.kind = kind.to_owned();
+                    }
+                    let body = f.get("function").or_else(|| f.get("custom"));
+                    if let Some(name) = body.and_then(|b| b.get("name")).and_then(Value::as_str) {
+                        call.name.push_str(name);
+                    }
+                    let piece = body
+                        .and_then(|b| b.get("arguments").or_else(|| b.get("input")))
+                        .and_then(Value::as_str);
+                    if let Some(piece) = piece {
+                        call.arguments.push_str(piece);
+                    }
+                }
+            }
+            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                let done = std::mem::take(open);
+                for (k, call) in done {
+                    events.push(StreamEvent::CallComplete {
+                        choice: c,
+                        index: k,
+                        call,
+                    });
+                }
+                events.push(StreamEvent::Finish {
+                    choice: c,
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+        events
+    }
+
+    /// Calls still open (for a stream that ended early: never release them).
+    pub fn unfinished(&self) -> usize {
+        self.open.values().map(BTreeMap::len).sum()
+    }
+}
+
+/// Reads a request body: a JSON object.
+pub fn parse_request(body: &[u8]) -> Result<Map<String, Value>, AdapterError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(AdapterError::NotAnObject),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn governed() -> Vec<GovernedTool> {
+        vec![GovernedTool {
+            name: "weather__current".into(),
+            description: "Current weather".into(),
+            parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+        }]
+    }
+
+    #[test]
+    fn injection_keeps_the_request_and_refuses_a_name_clash() {
+        let mut request: Value =
+            serde_json::from_str(r#"{"model":"gpt-4o","messages":[],"temperature":0.2}"#).unwrap();
+        inject_tools(&mut request, &governed()).unwrap();
+        let text = request.to_string();
+        assert!(
+            text.starts_with(
+                r#"{"model":"gpt-4o","messages":[],"temperature":0.2,"tools":[{"type":"function""#
+            ),
+            "{text}"
+        );
+        let mut clash = json!({"model": "x", "tools": [{"type": "function", "function": {"name": "weather__current"}}]});
+        assert_eq!(
+            inject_tools(&mut clash, &governed()),
+            Err(AdapterError::NameClash("weather__current".into()))
+        );
+    }
+
+    #[test]
+    fn calls_are_found_in_every_choice_and_form() {
+        let response = json!({"choices": [
+            {"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_b", "type": "custom", "custom": {"name": "sql", "input": "SELECT 1"}}]}, "finish_reason": "tool_calls"},
+            {"index": 1, "message": {"role": "assistant", "function_call": {"name": "legacy", "arguments": "{}"}}, "finish_reason": "function_call"}
+        ]});
+        let calls = tool_calls(&response);
+        assert_eq!(calls.len(), 3);
+        assert_eq!(
+            (calls[0].id.as_str(), calls[0].name.as_str(), calls[0].kind),
+            ("call_a", "get_weather", CallKind::Function)
+        );
+        assert_eq!(
+            (calls[1].arguments.as_str(), calls[1].kind),
+            ("SELECT 1", CallKind::Custom)
+        );
+        assert_eq!(
+            (calls[2].choice, calls[2].kind),
+            (1, CallKind::LegacyFunction)
+        );
+        let client = without_calls(&response, &["call_a".into()]);
+        assert_eq!(tool_calls(&client).len(), 2);
+        let all_handled = without_calls(&response, &["call_a".into(), "call_b".into()]);
+        assert!(
+            all_handled["choices"][0]["message"]
+                .get("tool_calls")
+                .is_none()
+        );
+        assert_eq!(all_handled["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn usage_adds_up_across_rounds() {
+        let mut total = json!({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "completion_tokens_details": {"reasoning_tokens": 1}});
+        add_usage(
+            &mut total,
+            &json!({"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27, "completion_tokens_details": {"reasoning_tokens": 2}}),
+        );
+        assert_eq!(
+            total,
+            json!({"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42, "completion_tokens_details": {"reasoning_tokens": 3}})
+        );
+    }
+
+    #[test]
+    fn the_recorded_tool_call_streams_reassemble() {
+        let root = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/recorded/chat/"
+        );
+        for (file, id, name, arguments) in [
+            (
+                "chat-stream-tool-call-get-weather.sse",
+                "call_4XzlGBLtUe9dy3GVNV4jhq7h",
+                "get_weather",
+                r#"{"city":"New York City"}"#,
+            ),
+            (
+                "chat-stream-tool-call-strict-getweatherargs.sse",
+                "call_c91SqDXlYFuETYv8mUHzz6pp",
+                "GetWeatherArgs",
+                r#"{"city":"Edinburgh","country":"UK","units":"c"}"#,
+            ),
+        ] {
+            let text = std::fs::read_to_string(format!("{root}{file}")).unwrap();
+            let mut assembler = StreamAssembler::new();
+            let mut events = Vec::new();
+            for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                if line == "[DONE]" {
+                    break;
+                }
+                events.extend(assembler.push(&serde_json::from_str(line).unwrap()));
+            }
+            let call = events
+                .iter()
+                .find_map(|e| match e {
+                    StreamEvent::CallComplete { call, .. } => Some(call.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(
+                (
+                    call.id.as_str(),
+                    call.name.as_str(),
+                    call.arguments.as_str()
+                ),
+                (id, name, arguments),
+                "{file}"
+            );
+            assert!(events.iter().any(
+                |e| matches!(e, StreamEvent::Finish { reason, .. } if reason == "tool_calls")
+            ));
+            assert!(events.iter().any(|e| matches!(e, StreamEvent::Usage(_))));
+            assert_eq!(assembler.unfinished(), 0);
+        }
+    }
+
+    #[test]
+    fn a_new_index_completes_the_previous_call() {
+        let mut a = StreamAssembler::new();
+        let frag = |index: u64, extra: Value| json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": index, "function": extra}]}}]});
+        assert!(a.push(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_A", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]})).is_empty());
+        assert!(
+            a.push(&frag(0, json!({"arguments": "{\"x\":1}"})))
+                .is_empty()
+        );
+        let events = a.push(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "call_B", "type": "function", "function": {"name": "g", "arguments": ""}}]}}]}));
+        assert!(
+            matches!(&events[..], [StreamEvent::CallComplete { index: 0, call, .. }] if call.arguments == "{\"x\":1}" && call.id == "call_A")
+        );
+        // A stream that stops here never releases call B.
+        assert_eq!(a.unfinished(), 1);
+    }
+}
