@@ -24,3 +24,4 @@ pub mod keys;
 pub mod proxy;
 pub mod receipt;
 pub mod telemetry;
+pub mod tools;

@@ -10,7 +10,8 @@
 //! - `conformance`: HushSpec vectors, bundled policies, `extends`;
 //! - `kernel`: decisions end to end, the adversarial suite;
 //! - `properties`: generated inputs against normalisation and decisions;
-//! - `receipts`: the signed, chained log and its verifier.
+//! - `receipts`: the signed, chained log and its verifier;
+//! - `tools`: governed HTTP tools.
 
 // Tests may unwrap: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -31,5 +32,7 @@ mod properties;
 mod receipts;
 #[path = "integration/streaming.rs"]
 mod streaming;
+#[path = "integration/tools.rs"]
+mod tools;
 #[path = "integration/transparency.rs"]
 mod transparency;
