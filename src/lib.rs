@@ -25,3 +25,4 @@ pub mod proxy;
 pub mod receipt;
 pub mod telemetry;
 pub mod tools;
+pub mod turn;
