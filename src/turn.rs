@@ -149,13 +149,15 @@ pub fn splice_chat(
         };
         // The client's tool messages right after the assistant message.
         let mut end = i + 1;
-        let mut client_results: HashMap<String, Value> = HashMap::new();
+        let mut client_results: Vec<(String, Value)> = Vec::new();
         while end < messages.len()
             && messages[end].get("role").and_then(Value::as_str) == Some("tool")
         {
-            if let Some(id) = messages[end].get("tool_call_id").and_then(Value::as_str) {
-                client_results.insert(id.to_owned(), messages[end].clone());
-            }
+            let id = messages[end]
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            client_results.push((id.to_owned(), messages[end].clone()));
             end += 1;
         }
         let order: Vec<String> = turn
