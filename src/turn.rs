@@ -274,3 +274,255 @@ mod tests {
         assert!(store.is_empty());
     }
 }
+
+/// The governed Chat Completions loop for plain (non-streaming) responses.
+pub mod chat {
+    use std::future::Future;
+    use std::time::Instant;
+
+    use serde_json::{Value, json};
+
+    use super::{SpliceError, SpliceStore, Turn, splice_chat};
+    use crate::adapter::chat::{
+        self as adapter, AdapterError, GovernedTool, add_usage, denial_output, inject_tools,
+        tool_calls, tool_message, without_calls,
+    };
+    use crate::kernel::capability::Scope;
+    use crate::kernel::{Call, Kernel, Now, Outcome};
+    use crate::receipt::{Draft, DraftContext, LogError, ReceiptLog};
+    use crate::tools::http::HttpTool;
+
+    /// Everything the loop needs besides the upstream.
+    #[derive(Debug)]
+    pub struct Governance {
+        /// The decision kernel.
+        pub kernel: Kernel,
+        /// Where receipts go.
+        pub receipts: ReceiptLog,
+        /// The governed HTTP tools.
+        pub tools: Vec<HttpTool>,
+        /// Remembered turns.
+        pub splice: SpliceStore,
+        /// Most upstream rounds per client request.
+        pub max_rounds: u32,
+        /// This gateway's id, in receipts.
+        pub server_id: String,
+        /// The client governed tools are called with.
+        pub http: reqwest::Client,
+    }
+
+    /// Who is calling.
+    #[derive(Debug, Clone)]
+    pub struct Caller {
+        /// The agent id.
+        pub agent_id: String,
+        /// The capability scope, in tokens mode.
+        pub scope: Option<Scope>,
+    }
+
+    /// Why a request could not be governed.
+    #[derive(Debug, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum GovernError {
+        /// The request is not acceptable.
+        #[error(transparent)]
+        Request(#[from] AdapterError),
+        /// The conversation cannot be completed.
+        #[error(transparent)]
+        Splice(#[from] SpliceError),
+        /// A receipt could not be made durable; nothing took effect.
+        #[error(transparent)]
+        Receipts(#[from] LogError),
+        /// The upstream failed (status, body).
+        #[error("upstream answered {0}")]
+        Upstream(u16, Value),
+    }
+
+    const RECOVERY: [&str; 3] = [
+        "Do not repeat this call with the same arguments.",
+        "Use another tool or other arguments that the policy allows.",
+        "If the call is necessary, ask the user to approve it or to change the policy.",
+    ];
+
+    impl Governance {
+        fn governed(&self, name: &str) -> Option<&HttpTool> {
+            self.tools.iter().find(|t| t.spec().name == name)
+        }
+
+        /// The governed tools this caller may see.
+        pub fn visible_tools(&self, caller: &Caller) -> Vec<GovernedTool> {
+            self.tools
+                .iter()
+                .filter(|t| {
+                    caller
+                        .scope
+                        .as_ref()
+                        .is_none_or(|s| s.allows(&t.spec().name))
+                })
+                .map(|t| t.spec().clone())
+                .collect()
+        }
+
+        async fn receipt(&self, draft: Draft) -> Result<String, LogError> {
+            Ok(self.receipts.append(draft).await?.receipt_id)
+        }
+
+        /// Runs the loop: splice, inject, call upstream, decide every call, answer
+        /// the handled ones, repeat while only handled calls come back.
+        pub async fn run<F, Fut>(
+            &self,
+            caller: &Caller,
+            request_id: &str,
+            mut request: Value,
+            mut upstream: F,
+        ) -> Result<Value, GovernError>
+        where
+            F: FnMut(Value) -> Fut,
+            Fut: Future<Output = Result<Value, GovernError>>,
+        {
+            let now = Instant::now();
+            if let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) {
+                splice_chat(messages, &self.splice, now)?;
+            }
+            inject_tools(&mut request, &self.visible_tools(caller))?;
+            let mut usage: Option<Value> = None;
+            let mut last = Value::Null;
+            for round in 0..self.max_rounds {
+                let response = upstream(request.clone()).await?;
+                if let Some(u) = response.get("usage").filter(|u| u.is_object()) {
+                    match &mut usage {
+                        Some(total) => add_usage(total, u),
+                        None => usage = Some(u.clone()),
+                    }
+                }
+                let calls: Vec<_> = tool_calls(&response)
+                    .into_iter()
+                    .filter(|c| c.choice == 0)
+                    .collect();
+                if calls.is_empty() {
+                    return Ok(with_usage(response, usage));
+                }
+                let mut handled: Vec<(String, String)> = Vec::new();
+                let mut relayed: Vec<String> = Vec::new();
+                for call in &calls {
+                    let governed = self.governed(&call.name);
+                    let kernel_call = Call {
+                        agent_id: &caller.agent_id,
+                        scope: caller.scope.as_ref(),
+                        tool: &call.name,
+                        arguments: if call.kind == adapter::CallKind::Custom {
+                            "{}"
+                        } else {
+                            &call.arguments
+                        },
+                        has_side_effects: governed.is_none_or(HttpTool::has_side_effects),
+                    };
+                    let decision = self.kernel.decide(&kernel_call, Now::current());
+                    let route = if governed.is_some() {
+                        "governed"
+                    } else {
+                        "client"
+                    };
+                    let draft = Draft::from_decision(
+                        &decision,
+                        &kernel_call,
+                        &call.id,
+                        DraftContext {
+                            server_id: &self.server_id,
+                            request_id,
+                            surface: "chat.completions",
+                            metadata: json!({"adapter": "chat", "route": route, "round": round}),
+                        },
+                    );
+                    // No receipt, no effect.
+                    let receipt_id = self.receipt(draft).await?;
+                    match (decision.outcome(), governed) {
+                        (Outcome::Allow, Some(tool)) => {
+                            let args: Value =
+                                serde_json::from_str(&call.arguments).unwrap_or(Value::Null);
+                            let output = tool.call(&self.http, &args).await;
+                            handled.push((call.id.clone(), output.text().to_owned()));
+                        }
+                        (Outcome::Allow, None) => relayed.push(call.id.clone()),
+                        (_, _) => handled.push((
+                            call.id.clone(),
+                            denial_output(
+                                decision.code(),
+                                decision.message(),
+                                &receipt_id,
+                                &RECOVERY,
+                            ),
+                        )),
+                    }
+                }
+                if !relayed.is_empty() {
+                    if !handled.is_empty()
+                        && let Some(assistant) = adapter::assistant_message(&response, 0)
+                    {
+                        self.splice.remember(
+                            Turn {
+                                assistant,
+                                handled: handled.clone(),
+                                relayed,
+                            },
+                            now,
+                        );
+                    }
+                    let ids: Vec<String> = handled.into_iter().map(|(id, _)| id).collect();
+                    return Ok(with_usage(without_calls(&response, &ids), usage));
+                }
+                // Only handled calls: answer them and go round again.
+                if let (Some(assistant), Some(messages)) = (
+                    adapter::assistant_message(&response, 0),
+                    request.get_mut("messages").and_then(Value::as_array_mut),
+                ) {
+                    messages.push(assistant);
+                    for (id, output) in &handled {
+                        messages.push(tool_message(id, output));
+                    }
+                }
+                last = response;
+            }
+            // Out of rounds: say so, and record it.
+            let message = format!(
+                "tollgate stopped this request after {} rounds of tool calls without a final answer.",
+                self.max_rounds
+            );
+            self.receipt(Draft {
+                decision: "deny".into(),
+                reason: crate::receipt::Reason {
+                    code: "max_rounds".into(),
+                    message: message.clone(),
+                    matched_rule: None,
+                },
+                server_id: self.server_id.clone(),
+                agent_id: caller.agent_id.clone(),
+                request_id: request_id.to_owned(),
+                surface: "chat.completions".into(),
+                action: crate::receipt::ActionRecord {
+                    tool_name: String::new(),
+                    tool_call_id: String::new(),
+                    parameters: json!({}),
+                    parameters_hash: String::new(),
+                },
+                policy_hash: self.kernel.policy().hash().to_owned(),
+                metadata: json!({"adapter": "chat", "rounds": self.max_rounds}),
+            })
+            .await?;
+            let mut final_response = last;
+            if let Some(choice) = final_response.pointer_mut("/choices/0") {
+                choice["message"] =
+                    json!({"role": "assistant", "content": message, "refusal": null});
+                choice["finish_reason"] = json!("stop");
+            }
+            Ok(with_usage(final_response, usage))
+        }
+    }
+
+    fn with_usage(mut response: Value, usage: Option<Value>) -> Value {
+        if let (Some(u), Some(obj)) = (usage, response.as_object_mut()) {
+            obj.insert("usage".into(), u);
+        }
+        response
+    }
+}

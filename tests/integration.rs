@@ -11,7 +11,8 @@
 //! - `kernel`: decisions end to end, the adversarial suite;
 //! - `properties`: generated inputs against normalisation and decisions;
 //! - `receipts`: the signed, chained log and its verifier;
-//! - `tools`: governed HTTP tools.
+//! - `tools`: governed HTTP tools;
+//! - `governance`: the governed Chat Completions loop with a scripted upstream.
 
 // Tests may unwrap: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,6 +23,8 @@ mod common;
 mod conformance;
 #[path = "integration/failures.rs"]
 mod failures;
+#[path = "integration/governance.rs"]
+mod governance;
 #[path = "integration/kernel.rs"]
 mod kernel;
 #[path = "integration/lifecycle.rs"]
