@@ -542,3 +542,346 @@ mod tests {
         assert_eq!(a.unfinished(), 1);
     }
 }
+
+/// What the stream rewriter needs from its driver, or gives to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamOutput {
+    /// A chunk for the client (already rewritten).
+    Emit(Value),
+    /// A tool call is complete: decide it, then call [`StreamRewriter::relay`] or
+    /// [`StreamRewriter::handle`].
+    Decide(AssembledCall),
+}
+
+/// How a round ended, for the driver: loop again (only handled calls), or finish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundEnd {
+    /// The upstream's finish reason for choice 0.
+    pub finish_reason: Option<String>,
+    /// The assistant message of the round, every call included (to continue the
+    /// conversation with).
+    pub assistant: Value,
+    /// Calls the client received this round.
+    pub relayed: usize,
+    /// Calls tollgate handled this round: `(id, output)`.
+    pub handled: Vec<(String, String)>,
+}
+
+/// Rewrites one client stream of Chat Completions chunks, across loop rounds:
+/// text and refusal deltas pass at once; tool-call fragments are held until the
+/// call is complete and decided; relayed calls go out whole, with indices
+/// contiguous over what the client sees; a round's finish is held back so that the
+/// driver can loop or end the stream with one finish, one usage chunk and one
+/// `[DONE]`. Choice 0 only (`n` > 1 is not governed by this type).
+#[derive(Debug, Default)]
+pub struct StreamRewriter {
+    assembler: StreamAssembler,
+    envelope: Option<Map<String, Value>>,
+    role_sent: bool,
+    client_index: u64,
+    round_content: String,
+    round_calls: Vec<AssembledCall>,
+    round_finish: Option<String>,
+    round_relayed: usize,
+    round_handled: Vec<(String, String)>,
+    usage: Option<Value>,
+}
+
+impl StreamRewriter {
+    /// A rewriter for a new client stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn chunk(&self, delta: Value, finish: Value) -> Value {
+        let mut out = self.envelope.clone().unwrap_or_default();
+        out.insert(
+            "choices".into(),
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
+        );
+        Value::Object(out)
+    }
+
+    /// Takes one upstream chunk (parsed `data:` JSON).
+    pub fn push(&mut self, chunk: &Value) -> Vec<StreamOutput> {
+        let mut out = Vec::new();
+        if self.envelope.is_none()
+            && let Some(obj) = chunk.as_object()
+        {
+            // One id, created, model and fingerprint for the whole client stream.
+            let mut env = Map::new();
+            for key in [
+                "id",
+                "object",
+                "created",
+                "model",
+                "service_tier",
+                "system_fingerprint",
+            ] {
+                if let Some(v) = obj.get(key) {
+                    env.insert(key.into(), v.clone());
+                }
+            }
+            self.envelope = Some(env);
+        }
+        if let Some(delta) = chunk.pointer("/choices/0/delta").and_then(Value::as_object) {
+            let mut visible = Map::new();
+            for (key, value) in delta {
+                match key.as_str() {
+                    "tool_calls" | "function_call" => {}
+                    "role" if self.role_sent => {}
+                    "content" | "refusal" => {
+                        if let Some(text) = value.as_str()
+                            && key == "content"
+                        {
+                            self.round_content.push_str(text);
+                        }
+                        visible.insert(key.clone(), value.clone());
+                    }
+                    _ => {
+                        visible.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            let has_text = visible
+                .get("content")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty())
+                || visible
+                    .get("refusal")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty());
+            if visible.contains_key("role") || has_text {
+                if visible.contains_key("role") {
+                    self.role_sent = true;
+                }
+                out.push(StreamOutput::Emit(
+                    self.chunk(Value::Object(visible), Value::Null),
+                ));
+            }
+        }
+        for event in self.assembler.push(chunk) {
+            match event {
+                StreamEvent::CallComplete {
+                    choice: 0, call, ..
+                } => {
+                    self.round_calls.push(call.clone());
+                    out.push(StreamOutput::Decide(call));
+                }
+                StreamEvent::Finish { choice: 0, reason } => self.round_finish = Some(reason),
+                StreamEvent::Usage(u) => match &mut self.usage {
+                    Some(total) => add_usage(total, &u),
+                    None => self.usage = Some(u),
+                },
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Sends a decided call to the client, whole, at the next client index.
+    pub fn relay(&mut self, call: &AssembledCall) -> Value {
+        let kind = if call.kind.is_empty() {
+            "function"
+        } else {
+            call.kind.as_str()
+        };
+        let fragment = json!({"index": self.client_index, "id": call.id, "type": kind,
+            "function": {"name": call.name, "arguments": call.arguments}});
+        self.client_index += 1;
+        self.round_relayed += 1;
+        self.chunk(json!({"tool_calls": [fragment]}), Value::Null)
+    }
+
+    /// Records the output of a call tollgate handled.
+    pub fn handle(&mut self, id: &str, output: &str) {
+        self.round_handled.push((id.to_owned(), output.to_owned()));
+    }
+
+    /// Ends the round (after the upstream's `[DONE]` or end of stream). Calls still
+    /// open were cut off and are never released.
+    pub fn end_round(&mut self) -> RoundEnd {
+        let calls: Vec<Value> = self
+            .round_calls
+            .drain(..)
+            .map(|c| json!({"id": c.id, "type": if c.kind.is_empty() { "function".to_owned() } else { c.kind }, "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
+        let content = std::mem::take(&mut self.round_content);
+        let mut assistant = json!({"role": "assistant", "content": if content.is_empty() { Value::Null } else { Value::String(content) }});
+        if !calls.is_empty() {
+            assistant["tool_calls"] = Value::Array(calls);
+        }
+        self.assembler = StreamAssembler::new();
+        RoundEnd {
+            finish_reason: self.round_finish.take(),
+            assistant,
+            relayed: std::mem::take(&mut self.round_relayed),
+            handled: std::mem::take(&mut self.round_handled),
+        }
+    }
+
+    /// The closing chunks: one finish (`tool_calls` if the client received calls,
+    /// else the upstream's reason, `stop` for a turn whose calls were all handled),
+    /// the summed usage when asked for, and `[DONE]` (as a string).
+    pub fn finish(&self, end: &RoundEnd, include_usage: bool) -> Vec<String> {
+        let reason = if self.client_index > 0 {
+            "tool_calls".to_owned()
+        } else {
+            match end.finish_reason.as_deref() {
+                Some("tool_calls") | None => "stop".to_owned(),
+                Some(other) => other.to_owned(),
+            }
+        };
+        let mut out = vec![self.chunk(json!({}), Value::String(reason)).to_string()];
+        if include_usage && let Some(usage) = &self.usage {
+            let mut env = self.envelope.clone().unwrap_or_default();
+            env.insert("choices".into(), json!([]));
+            env.insert("usage".into(), usage.clone());
+            out.push(Value::Object(env).to_string());
+        }
+        out.push("[DONE]".to_owned());
+        out
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    fn data_lines(file: &str) -> Vec<Value> {
+        let root = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/recorded/chat/"
+        );
+        std::fs::read_to_string(format!("{root}{file}"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|l| *l != "[DONE]")
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_relayed_recorded_call_reaches_the_client_whole() {
+        let mut rw = StreamRewriter::new();
+        let mut emitted = Vec::new();
+        for chunk in data_lines("chat-stream-tool-call-get-weather.sse") {
+            for out in rw.push(&chunk) {
+                match out {
+                    StreamOutput::Emit(c) => emitted.push(c),
+                    StreamOutput::Decide(call) => emitted.push(rw.relay(&call)),
+                }
+            }
+        }
+        let end = rw.end_round();
+        assert_eq!(end.relayed, 1);
+        let closing = rw.finish(&end, true);
+        assert_eq!(closing.last().map(String::as_str), Some("[DONE]"));
+        // What an SDK would assemble: one call, the original id, name and arguments.
+        let mut client = StreamAssembler::new();
+        let mut events = Vec::new();
+        for c in emitted.iter().chain(
+            closing[..closing.len() - 1]
+                .iter()
+                .map(|s| serde_json::from_str::<Value>(s).unwrap())
+                .collect::<Vec<_>>()
+                .iter(),
+        ) {
+            events.extend(client.push(c));
+        }
+        let calls: Vec<&AssembledCall> = events
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::CallComplete { call, .. } => Some(call),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(
+            (
+                calls[0].id.as_str(),
+                calls[0].name.as_str(),
+                calls[0].arguments.as_str()
+            ),
+            (
+                "call_4XzlGBLtUe9dy3GVNV4jhq7h",
+                "get_weather",
+                r#"{"city":"New York City"}"#
+            )
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, StreamEvent::Finish { reason, .. } if reason == "tool_calls"))
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, StreamEvent::Usage(u) if u["total_tokens"] == 60))
+        );
+        // Every emitted chunk keeps the upstream's envelope.
+        assert!(
+            emitted
+                .iter()
+                .all(|c| c["id"] == "chatcmpl-ABfwERreu9s99xXsVuOWtIB2UOx62")
+        );
+    }
+
+    #[test]
+    fn a_handled_call_never_reaches_the_client_and_the_round_can_loop() {
+        let mut rw = StreamRewriter::new();
+        let mut emitted = Vec::new();
+        for chunk in data_lines("chat-stream-tool-call-get-weather.sse") {
+            for out in rw.push(&chunk) {
+                match out {
+                    StreamOutput::Emit(c) => emitted.push(c),
+                    StreamOutput::Decide(call) => rw.handle(&call.id, "{\"error\":\"denied\"}"),
+                }
+            }
+        }
+        let end = rw.end_round();
+        assert_eq!((end.relayed, end.handled.len()), (0, 1));
+        assert_eq!(
+            end.assistant["tool_calls"][0]["function"]["arguments"],
+            r#"{"city":"New York City"}"#
+        );
+        assert!(
+            emitted
+                .iter()
+                .all(|c| c.pointer("/choices/0/delta/tool_calls").is_none()),
+            "no fragment of a handled call leaks"
+        );
+        // Round two: text; the role is not repeated; one finish, `stop`.
+        for chunk in data_lines("chat-stream-text-finish-stop.sse") {
+            for out in rw.push(&chunk) {
+                if let StreamOutput::Emit(c) = out {
+                    emitted.push(c);
+                }
+            }
+        }
+        let end = rw.end_round();
+        let closing = rw.finish(&end, true);
+        let finish: Value = serde_json::from_str(&closing[0]).unwrap();
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+        let usage: Value = serde_json::from_str(&closing[1]).unwrap();
+        assert_eq!(
+            usage["usage"]["total_tokens"],
+            60 + 44,
+            "usage summed over both rounds"
+        );
+        assert_eq!(
+            emitted
+                .iter()
+                .filter(|c| c.pointer("/choices/0/delta/role").is_some())
+                .count(),
+            1
+        );
+        assert!(
+            emitted
+                .iter()
+                .all(|c| c["choices"][0]["finish_reason"].is_null()),
+            "no intermediate finish"
+        );
+    }
+}
