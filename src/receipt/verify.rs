@@ -77,6 +77,14 @@ impl Report {
     }
 }
 
+/// Where the chain stands after the last good record.
+#[derive(Default)]
+struct Chain {
+    hash: Option<String>,
+    seq: Option<u64>,
+    time: Option<SystemTime>,
+}
+
 /// Verifies `files`, in order, as one chain.
 pub fn verify(files: &[PathBuf], trusted: &[VerifyingKey]) -> Report {
     let keys: HashMap<String, VerifyingKey> = trusted.iter().map(|k| (key_id(k), *k)).collect();
@@ -87,72 +95,52 @@ pub fn verify(files: &[PathBuf], trusted: &[VerifyingKey]) -> Report {
         keys: BTreeMap::new(),
         failure: None,
     };
-    let mut prev_hash: Option<String> = None;
-    let mut prev_seq: Option<u64> = None;
-    let mut prev_time: Option<SystemTime> = None;
+    let mut chain = Chain::default();
     for (index, file) in files.iter().enumerate() {
-        let fail = |line: usize, seq: Option<u64>, check: Check, detail: String| Failure {
-            file: file.clone(),
-            line,
-            seq,
-            check,
-            detail,
-        };
         let bytes = match std::fs::read(file) {
             Ok(b) => b,
             Err(e) => {
-                report.failure = Some(fail(0, None, Check::Read, e.to_string()));
+                report.failure = Some(Failure {
+                    file: file.clone(),
+                    line: 0,
+                    seq: None,
+                    check: Check::Read,
+                    detail: e.to_string(),
+                });
                 return report;
             }
         };
-        if index + 1 == files.len() && !bytes.is_empty() && !bytes.ends_with(b"\n") {
-            let lines = bytes.split(|b| *b == b'\n').count();
-            // Everything before the cut is still checked first.
-            if let Some(f) = check_lines(
-                &bytes[..bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1)],
-                file,
-                &keys,
-                &mut report,
-                &mut prev_hash,
-                &mut prev_seq,
-                &mut prev_time,
-            ) {
-                report.failure = Some(f);
-                return report;
-            }
-            report.failure = Some(fail(
-                lines,
-                None,
-                Check::Truncated,
-                "the last line has no newline: the log was cut off".into(),
-            ));
-            return report;
+        // A last line without its newline was cut off; everything before the cut
+        // is still checked first.
+        let cut = index + 1 == files.len() && !bytes.is_empty() && !bytes.ends_with(b"\n");
+        let complete = if cut {
+            bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1)
+        } else {
+            bytes.len()
+        };
+        report.failure = check_lines(&bytes[..complete], file, &keys, &mut report, &mut chain);
+        if report.failure.is_none() && cut {
+            report.failure = Some(Failure {
+                file: file.clone(),
+                line: bytes.split(|b| *b == b'\n').count(),
+                seq: None,
+                check: Check::Truncated,
+                detail: "the last line has no newline: the log was cut off".into(),
+            });
         }
-        if let Some(f) = check_lines(
-            &bytes,
-            file,
-            &keys,
-            &mut report,
-            &mut prev_hash,
-            &mut prev_seq,
-            &mut prev_time,
-        ) {
-            report.failure = Some(f);
+        if report.failure.is_some() {
             return report;
         }
     }
     report
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check_lines(
     bytes: &[u8],
     file: &Path,
     keys: &HashMap<String, VerifyingKey>,
     report: &mut Report,
-    prev_hash: &mut Option<String>,
-    prev_seq: &mut Option<u64>,
-    prev_time: &mut Option<SystemTime>,
+    chain: &mut Chain,
 ) -> Option<Failure> {
     for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
@@ -178,7 +166,7 @@ fn check_lines(
                 format!("unknown version {:?}", receipt.version),
             ));
         }
-        match *prev_seq {
+        match chain.seq {
             Some(p) if receipt.seq != p + 1 => {
                 return Some(fail(
                     seq,
@@ -195,7 +183,7 @@ fn check_lines(
             }
             _ => {}
         }
-        if let Some(expected) = prev_hash.as_deref()
+        if let Some(expected) = chain.hash.as_deref()
             && receipt.prev != expected
         {
             return Some(fail(
@@ -224,7 +212,7 @@ fn check_lines(
                 ));
             }
         };
-        if let Some(p) = *prev_time
+        if let Some(p) = chain.time
             && time + TIME_TOLERANCE < p
         {
             return Some(fail(
@@ -233,9 +221,9 @@ fn check_lines(
                 format!("timestamp {} goes back in time", receipt.timestamp),
             ));
         }
-        *prev_time = Some(time);
-        *prev_hash = Some(line_hash(line));
-        *prev_seq = seq;
+        chain.time = Some(time);
+        chain.hash = Some(line_hash(line));
+        chain.seq = seq;
         report.first_seq.get_or_insert(receipt.seq);
         report.last_seq = seq;
         report.records += 1;

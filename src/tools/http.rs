@@ -167,6 +167,16 @@ impl HttpTool {
         }
     }
 
+    fn timed_out(&self) -> ToolOutput {
+        ToolOutput::error(
+            "tool_timeout",
+            &format!(
+                "the tool did not answer within {} ms",
+                self.timeout.as_millis()
+            ),
+        )
+    }
+
     /// Validates and runs the tool. Never fails: every problem is an error output.
     pub async fn call(&self, client: &reqwest::Client, arguments: &Value) -> ToolOutput {
         if let Err(problems) = self.validate(arguments) {
@@ -185,15 +195,7 @@ impl HttpTool {
             .send();
         let response = match request.await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return ToolOutput::error(
-                    "tool_timeout",
-                    &format!(
-                        "the tool did not answer within {} ms",
-                        self.timeout.as_millis()
-                    ),
-                );
-            }
+            Err(e) if e.is_timeout() => return self.timed_out(),
             Err(e) => {
                 return ToolOutput::error(
                     "tool_unreachable",
@@ -209,15 +211,7 @@ impl HttpTool {
             .is_some_and(|v| v.contains("json"));
         let body = match response.bytes().await {
             Ok(b) => b,
-            Err(e) if e.is_timeout() => {
-                return ToolOutput::error(
-                    "tool_timeout",
-                    &format!(
-                        "the tool did not answer within {} ms",
-                        self.timeout.as_millis()
-                    ),
-                );
-            }
+            Err(e) if e.is_timeout() => return self.timed_out(),
             Err(e) => {
                 return ToolOutput::error(
                     "tool_failed",
