@@ -208,20 +208,17 @@ impl Kernel {
     pub fn decide(&self, call: &Call<'_>, now: Now) -> Decision {
         let mut trace = Vec::new();
         let policy_hash = self.policy.hash().to_owned();
-        let deny = |code: &str,
-                    rule: Option<String>,
-                    message: String,
-                    trace: Vec<TraceStep>,
-                    parameters: Value,
-                    hash: String| Decision {
+        // Refusals before the arguments are understood: nothing to redact, and the
+        // hash is over the text as the model wrote it.
+        let deny = |code: &str, message: String, trace: Vec<TraceStep>| Decision {
             outcome: Outcome::Deny,
             code: code.to_owned(),
-            matched_rule: rule,
+            matched_rule: None,
             message,
             policy_hash: policy_hash.clone(),
             approval_id: None,
-            parameters,
-            parameters_hash: hash,
+            parameters: Value::Null,
+            parameters_hash: hash_text(call.arguments),
             secrets: Vec::new(),
             trace,
         };
@@ -240,14 +237,11 @@ impl Kernel {
             if !allowed {
                 return deny(
                     "capability",
-                    None,
                     format!(
                         "The tool `{}` is not part of this agent's capability, so the call was not made. Use only the tools you were given; if this one is needed, the user must grant it.",
                         call.tool
                     ),
                     trace,
-                    Value::Null,
-                    hash_text(call.arguments),
                 );
             }
         }
@@ -259,13 +253,10 @@ impl Kernel {
                 trace.push(step("arguments", &error.to_string()));
                 return deny(
                     error.code(),
-                    None,
                     format!(
                         "The call was not made: {error}. Send the arguments again as one JSON object with each key once."
                     ),
                     trace,
-                    Value::Null,
-                    hash_text(call.arguments),
                 );
             }
         };
@@ -282,13 +273,10 @@ impl Kernel {
             Err(e) => {
                 return deny(
                     "guard_error",
-                    None,
                     format!(
                         "The call was not made because its arguments could not be checked ({e})."
                     ),
                     trace,
-                    Value::Null,
-                    hash_text(call.arguments),
                 );
             }
         };
