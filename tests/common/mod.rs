@@ -88,6 +88,18 @@ impl Drop for TestProxy {
     }
 }
 
+/// Asserts that the proxy still relays an ordinary request.
+pub async fn still_serving(proxy: &TestProxy, mock: &mock::MockUpstream) {
+    mock.push(mock::Reply::json("{\"alive\":true}"));
+    let response = client()
+        .get(format!("{}/v1/models", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "{\"alive\":true}");
+}
+
 /// A plain HTTP/1.1 client with no retries, no decompression and no proxy.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

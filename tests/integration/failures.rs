@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::mock::{MockUpstream, Reply};
-use crate::common::{TestProxy, WAIT, client, raw_exchange, split_response};
+use crate::common::{TestProxy, WAIT, client, raw_exchange, split_response, still_serving};
 
 /// Asserts an OpenAI-shaped error from tollgate and returns its `code`.
 async fn tollgate_error(response: reqwest::Response, status: u16) -> String {
@@ -28,17 +28,6 @@ async fn tollgate_error(response: reqwest::Response, status: u16) -> String {
     assert!(error["type"].is_string());
     assert!(error.get("param").is_some_and(|p| p.is_null()));
     error["code"].as_str().unwrap().to_owned()
-}
-
-async fn still_serving(proxy: &TestProxy, mock: &MockUpstream) {
-    mock.push(Reply::json("{\"alive\":true}"));
-    let response = client()
-        .get(format!("{}/v1/models", proxy.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "{\"alive\":true}");
 }
 
 #[tokio::test]

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use crate::common::mock::{MockUpstream, Reply};
-use crate::common::{TestProxy, WAIT, client, pattern, read_to_end, shared_fixtures};
+use crate::common::mock::{MockUpstream, Reply, StreamFeed};
+use crate::common::{
+    TestProxy, WAIT, client, pattern, read_to_end, shared_fixtures, still_serving,
+};
 
 fn sse_headers() -> Vec<(String, String)> {
     vec![
@@ -19,6 +21,24 @@ fn sse_headers() -> Vec<(String, String)> {
         ("cache-control".into(), "no-cache".into()),
         ("x-request-id".into(), "req_stream".into()),
     ]
+}
+
+/// Starts a test-fed event stream on `path` and returns the client's response
+/// and the feed.
+async fn open_stream(
+    mock: &MockUpstream,
+    proxy: &TestProxy,
+    path: &str,
+) -> (reqwest::Response, StreamFeed) {
+    let (reply, feed) = Reply::stream(200, sse_headers());
+    mock.push(reply);
+    let response = client()
+        .post(format!("{}{path}", proxy.url))
+        .body("{\"stream\":true}")
+        .send()
+        .await
+        .unwrap();
+    (response, feed)
 }
 
 /// Reads from the response until `want` bytes have arrived in total (bounded).
@@ -165,14 +185,7 @@ async fn an_upstream_failing_mid_stream_ends_the_stream_with_an_error_event() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url(), "").await;
     let first = "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
-    let (reply, feed) = Reply::stream(200, sse_headers());
-    mock.push(reply);
-    let mut response = client()
-        .post(format!("{}/v1/chat/completions", proxy.url))
-        .body("{\"stream\":true}")
-        .send()
-        .await
-        .unwrap();
+    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/chat/completions").await;
     feed.send(first);
     let mut got = Vec::new();
     read_until(&mut response, &mut got, first.len()).await;
@@ -196,13 +209,7 @@ async fn an_upstream_failing_mid_stream_ends_the_stream_with_an_error_event() {
     assert_eq!(error["error"]["type"], "upstream_error");
 
     // The process keeps serving.
-    mock.push(Reply::json("{}"));
-    let again = client()
-        .get(format!("{}/v1/models", proxy.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 200);
+    still_serving(&proxy, &mock).await;
 }
 
 #[tokio::test]
@@ -210,14 +217,7 @@ async fn anthropic_streams_fail_in_anthropic_format() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url(), "").await;
     let first = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n";
-    let (reply, feed) = Reply::stream(200, sse_headers());
-    mock.push(reply);
-    let mut response = client()
-        .post(format!("{}/v1/messages", proxy.url))
-        .body("{\"stream\":true}")
-        .send()
-        .await
-        .unwrap();
+    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/messages").await;
     feed.send(first);
     let mut got = Vec::new();
     read_until(&mut response, &mut got, first.len()).await;
@@ -237,14 +237,7 @@ async fn a_silent_upstream_stream_is_ended_after_the_idle_timeout() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url(), "idle_timeout = \"300ms\"").await;
     let first = "data: {\"a\":1}\n\n";
-    let (reply, feed) = Reply::stream(200, sse_headers());
-    mock.push(reply);
-    let mut response = client()
-        .post(format!("{}/v1/chat/completions", proxy.url))
-        .body("{\"stream\":true}")
-        .send()
-        .await
-        .unwrap();
+    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/chat/completions").await;
     feed.send(first);
     let mut got = Vec::new();
     read_to_end(&mut response, &mut got).await;
@@ -287,14 +280,7 @@ async fn a_sized_body_cut_short_is_an_error_for_the_client() {
 async fn an_event_larger_than_the_hold_limit_is_forwarded_as_it_comes() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url(), "").await;
-    let (reply, feed) = Reply::stream(200, sse_headers());
-    mock.push(reply);
-    let mut response = client()
-        .post(format!("{}/v1/chat/completions", proxy.url))
-        .body("{\"stream\":true}")
-        .send()
-        .await
-        .unwrap();
+    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/chat/completions").await;
     let big = format!("data: {{\"blob\":\"{}", "x".repeat(5 * 1024 * 1024));
     feed.send(big.clone());
     // Past the limit the partial event is released before its end arrives.
