@@ -57,6 +57,53 @@ pub enum Command {
     /// Signed receipt logs: verify, show, summarise, follow.
     #[command(subcommand)]
     Receipts(ReceiptsCommand),
+    /// Approval requests on a running server: list, approve, reject.
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+}
+
+/// The `approvals` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// The approval requests the server holds, newest first.
+    List {
+        /// Only requests in this state.
+        #[arg(long, value_parser = ["pending", "approved", "rejected", "consumed"])]
+        state: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Approve a pending request: the next identical call runs, once.
+    Approve {
+        /// The request id (`apr_…`).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Reject a pending request.
+    Reject {
+        /// The request id (`apr_…`).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the running server's admin API is.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The server's base URL.
+    #[arg(long, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:7070")]
+    pub url: String,
+    /// The admin token the server was started with.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// A CA certificate (PEM) to trust for an https URL, e.g. `certs/ca.pem`.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The default signing key: `signing-key.pem` in the data directory `.tollgate`.
@@ -301,6 +348,66 @@ pub struct ServeArgs {
     /// [default: 30s].
     #[arg(long, env = "TOLLGATE_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+
+    /// The HushSpec policy: a YAML file, or a bundled name (`default`, `strict`,
+    /// `openai-argument-guards`, `pinned-tools`) [default: the bundled `default`].
+    #[arg(long, env = "TOLLGATE_POLICY")]
+    pub policy: Option<String>,
+
+    /// The receipt log (JSON Lines) [default: ./receipts.jsonl].
+    #[arg(long, env = "TOLLGATE_RECEIPTS")]
+    pub receipts: Option<PathBuf>,
+
+    /// The Ed25519 key receipts are signed with (PKCS#8 PEM); it must exist
+    /// [default: .tollgate/signing-key.pem, created on first run].
+    #[arg(long, env = "TOLLGATE_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
+
+    /// How callers are identified [default: passthrough].
+    #[arg(long, env = "TOLLGATE_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// In `tokens` mode, the environment variable that holds tollgate's own
+    /// upstream API key [default: OPENAI_API_KEY].
+    #[arg(long, env = "TOLLGATE_UPSTREAM_KEY_ENV")]
+    pub upstream_key_env: Option<String>,
+
+    /// Public keys (PEM) whose capability tokens are accepted in `tokens` mode;
+    /// repeatable [default: the signing key's public half].
+    #[arg(long = "token-key", env = "TOLLGATE_TOKEN_KEYS", value_delimiter = ',')]
+    pub token_keys: Option<Vec<PathBuf>>,
+
+    /// The audience capability tokens must name [default: tollgate].
+    #[arg(long, env = "TOLLGATE_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
+    /// A file of revoked token ids (`jti`), one per line; `#` starts a comment.
+    /// Read again on SIGHUP.
+    #[arg(long, env = "TOLLGATE_REVOKED_TOKENS")]
+    pub revoked_tokens: Option<PathBuf>,
+
+    /// Most upstream rounds for one client request [default: 8].
+    #[arg(long, env = "TOLLGATE_MAX_ROUNDS")]
+    pub max_rounds: Option<u32>,
+
+    /// The bearer token of the approvals admin API; without one, that API is off.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// This gateway's id, in receipts [default: tollgate].
+    #[arg(long, env = "TOLLGATE_SERVER_ID")]
+    pub server_id: Option<String>,
+}
+
+/// How callers are identified (SPEC section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// The client's own API key goes upstream; the agent id is derived from it.
+    Passthrough,
+    /// Clients present tollgate capability tokens; tollgate calls upstream with
+    /// its own key.
+    Tokens,
 }
 
 /// Parses `10s`, `250ms`, `5m`, `1h 30m` and the like.

@@ -15,7 +15,8 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
-use crate::cli::ServeArgs;
+use crate::cli::{AuthMode, ServeArgs};
+use crate::tools::http::HttpToolConfig;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -72,6 +73,28 @@ pub struct RawConfig {
     first_byte_timeout: Option<String>,
     idle_timeout: Option<String>,
     shutdown_grace: Option<String>,
+    policy: Option<String>,
+    receipts: Option<PathBuf>,
+    signing_key: Option<PathBuf>,
+    auth: Option<AuthMode>,
+    upstream_key_env: Option<String>,
+    token_keys: Option<Vec<PathBuf>>,
+    token_audience: Option<String>,
+    revoked_tokens: Option<PathBuf>,
+    max_rounds: Option<u32>,
+    admin_token: Option<String>,
+    server_id: Option<String>,
+    #[serde(default)]
+    tools: ToolsSection,
+}
+
+/// The `[tools]` table: governed tools by kind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSection {
+    /// `[[tools.http]]` entries.
+    #[serde(default)]
+    http: Vec<HttpToolConfig>,
 }
 
 impl RawConfig {
@@ -97,8 +120,106 @@ pub struct Config {
     pub limits: Limits,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Governance: policy, receipts, identity, tools.
+    pub govern: GovernConfig,
     /// The configuration file that was read, if any.
     pub file: Option<PathBuf>,
+}
+
+/// Where the policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A policy bundled into the binary, by name.
+    Bundled(String),
+    /// A YAML file.
+    File(PathBuf),
+}
+
+impl fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bundled(name) => write!(f, "bundled {name}"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A secret from the configuration: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Default receipt log.
+pub const DEFAULT_RECEIPTS: &str = "receipts.jsonl";
+/// Default variable holding the upstream key in `tokens` mode.
+pub const DEFAULT_UPSTREAM_KEY_ENV: &str = "OPENAI_API_KEY";
+/// Default most upstream rounds per client request.
+pub const DEFAULT_MAX_ROUNDS: u32 = 8;
+
+/// What governs `POST /v1/chat/completions` and `POST /v1/responses`.
+#[derive(Debug, Clone)]
+pub struct GovernConfig {
+    /// The policy.
+    pub policy: PolicySource,
+    /// The receipt log.
+    pub receipts: PathBuf,
+    /// The signing key file, if one is configured (else the default, created on
+    /// first run).
+    pub signing_key: Option<PathBuf>,
+    /// How callers are identified.
+    pub auth: AuthMode,
+    /// The variable holding the upstream key in `tokens` mode.
+    pub upstream_key_env: String,
+    /// Keys whose tokens are accepted (empty: the signing key's public half).
+    pub token_keys: Vec<PathBuf>,
+    /// The audience tokens must name.
+    pub token_audience: String,
+    /// Revoked token ids, one per line.
+    pub revoked_tokens: Option<PathBuf>,
+    /// Most upstream rounds per client request.
+    pub max_rounds: u32,
+    /// The admin API's bearer token; the approvals API is off without one.
+    pub admin_token: Option<Secret>,
+    /// This gateway's id, in receipts.
+    pub server_id: String,
+    /// Governed HTTP tools.
+    pub http_tools: Vec<HttpToolConfig>,
+}
+
+impl Default for GovernConfig {
+    fn default() -> Self {
+        Self {
+            policy: PolicySource::Bundled("default".into()),
+            receipts: PathBuf::from(DEFAULT_RECEIPTS),
+            signing_key: None,
+            auth: AuthMode::Passthrough,
+            upstream_key_env: DEFAULT_UPSTREAM_KEY_ENV.into(),
+            token_keys: Vec::new(),
+            token_audience: "tollgate".into(),
+            revoked_tokens: None,
+            max_rounds: DEFAULT_MAX_ROUNDS,
+            admin_token: None,
+            server_id: "tollgate".into(),
+            http_tools: Vec::new(),
+        }
+    }
+}
+
+/// Whether a `policy` value names a bundled policy rather than a file.
+pub fn bundled_policy_name(value: &str) -> Option<String> {
+    crate::kernel::policy::resolve::bundled(value).map(|(name, _)| name.to_owned())
 }
 
 /// The upstream origin, split into the parts the relay needs.
@@ -210,6 +331,20 @@ impl Config {
     /// Merges flags over a parsed file and validates the result. Relative paths from
     /// the file are taken relative to `file_dir`.
     pub fn resolve(args: &ServeArgs, raw: RawConfig, file_dir: &Path) -> Result<Self, ConfigError> {
+        let raw_govern = RawGovern {
+            policy: raw.policy,
+            receipts: raw.receipts,
+            signing_key: raw.signing_key,
+            auth: raw.auth,
+            upstream_key_env: raw.upstream_key_env,
+            token_keys: raw.token_keys,
+            token_audience: raw.token_audience,
+            revoked_tokens: raw.revoked_tokens,
+            max_rounds: raw.max_rounds,
+            admin_token: raw.admin_token,
+            server_id: raw.server_id,
+            tools: raw.tools,
+        };
         let listen_text = args
             .listen
             .clone()
@@ -306,15 +441,128 @@ impl Config {
             )?,
         };
 
+        let govern = resolve_govern(args, raw_govern, &in_file)?;
+
         Ok(Self {
             listen,
             upstream,
             tls,
             limits,
             timeouts,
+            govern,
             file: None,
         })
     }
+}
+
+/// The governance keys of a file, split off so that [`Config::resolve`] can move
+/// them out of [`RawConfig`] independently.
+struct RawGovern {
+    policy: Option<String>,
+    receipts: Option<PathBuf>,
+    signing_key: Option<PathBuf>,
+    auth: Option<AuthMode>,
+    upstream_key_env: Option<String>,
+    token_keys: Option<Vec<PathBuf>>,
+    token_audience: Option<String>,
+    revoked_tokens: Option<PathBuf>,
+    max_rounds: Option<u32>,
+    admin_token: Option<String>,
+    server_id: Option<String>,
+    tools: ToolsSection,
+}
+
+fn resolve_govern(
+    args: &ServeArgs,
+    raw: RawGovern,
+    in_file: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<GovernConfig, ConfigError> {
+    let d = GovernConfig::default();
+    let policy = match (&args.policy, raw.policy) {
+        (Some(flag), _) => match bundled_policy_name(flag) {
+            Some(name) => PolicySource::Bundled(name),
+            None => PolicySource::File(PathBuf::from(flag)),
+        },
+        (None, Some(file)) => match bundled_policy_name(&file) {
+            Some(name) => PolicySource::Bundled(name),
+            None => PolicySource::File(in_file(PathBuf::from(file))),
+        },
+        (None, None) => d.policy,
+    };
+    let max_rounds = args.max_rounds.or(raw.max_rounds).unwrap_or(d.max_rounds);
+    if !(1..=64).contains(&max_rounds) {
+        return Err(invalid("max_rounds", "must be between 1 and 64"));
+    }
+    let upstream_key_env = args
+        .upstream_key_env
+        .clone()
+        .or(raw.upstream_key_env)
+        .unwrap_or(d.upstream_key_env);
+    if upstream_key_env.is_empty()
+        || !upstream_key_env
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(invalid(
+            "upstream_key_env",
+            "must be the name of an environment variable",
+        ));
+    }
+    let admin_token = args.admin_token.clone().or(raw.admin_token);
+    if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+        return Err(invalid(
+            "admin_token",
+            "must be at least 16 characters (or unset, which turns the admin API off)",
+        ));
+    }
+    let server_id = args
+        .server_id
+        .clone()
+        .or(raw.server_id)
+        .unwrap_or(d.server_id);
+    if server_id.is_empty() || server_id.len() > 128 {
+        return Err(invalid("server_id", "must be 1 to 128 characters"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for tool in &raw.tools.http {
+        if !names.insert(tool.name.clone()) {
+            return Err(ConfigError::Invalid {
+                key: "tools.http",
+                message: format!("two tools are named {:?}", tool.name),
+            });
+        }
+    }
+    Ok(GovernConfig {
+        policy,
+        receipts: args
+            .receipts
+            .clone()
+            .or(raw.receipts.map(in_file))
+            .unwrap_or(d.receipts),
+        signing_key: args.signing_key.clone().or(raw.signing_key.map(in_file)),
+        auth: args.auth.or(raw.auth).unwrap_or(d.auth),
+        upstream_key_env,
+        token_keys: args.token_keys.clone().unwrap_or_else(|| {
+            raw.token_keys
+                .unwrap_or_default()
+                .into_iter()
+                .map(in_file)
+                .collect()
+        }),
+        token_audience: args
+            .token_audience
+            .clone()
+            .or(raw.token_audience)
+            .unwrap_or(d.token_audience),
+        revoked_tokens: args
+            .revoked_tokens
+            .clone()
+            .or(raw.revoked_tokens.map(in_file)),
+        max_rounds,
+        admin_token: admin_token.map(Secret),
+        server_id,
+        http_tools: raw.tools.http,
+    })
 }
 
 fn invalid(key: &'static str, message: &str) -> ConfigError {

@@ -65,6 +65,32 @@ pub enum ProxyError {
         /// The idle timeout in seconds.
         secs: u64,
     },
+    /// No credentials, or credentials tollgate does not accept.
+    #[error("{message}")]
+    Unauthorized {
+        /// Why.
+        message: String,
+        /// A machine-readable code.
+        code: &'static str,
+    },
+    /// Credentials that are valid but not enough (the admin API).
+    #[error("{message}")]
+    Forbidden {
+        /// Why.
+        message: String,
+    },
+    /// The request conflicts with the state of the resource.
+    #[error("{message}")]
+    Conflict {
+        /// Why.
+        message: String,
+    },
+    /// A governed call could not be recorded; nothing took effect.
+    #[error("{message}")]
+    Unavailable {
+        /// Why.
+        message: String,
+    },
     /// An admin path that does not exist.
     #[error("no such tollgate endpoint: {path}")]
     NotFound {
@@ -83,6 +109,12 @@ pub enum ProxyError {
     #[error("upstream unreachable: {detail}")]
     UpstreamUnreachable {
         /// The connection error, without secrets.
+        detail: String,
+    },
+    /// The upstream answered with something tollgate cannot govern.
+    #[error("upstream answer unusable: {detail}")]
+    UpstreamInvalid {
+        /// What was wrong.
         detail: String,
     },
     /// The upstream did not answer in time.
@@ -108,9 +140,14 @@ impl ProxyError {
             | Self::BadRequest { .. }
             | Self::RequestTimeout { .. }
             | Self::NotFound { .. }
+            | Self::Unauthorized { .. }
+            | Self::Forbidden { .. }
+            | Self::Conflict { .. }
             | Self::MethodNotAllowed { .. } => Fault::Client,
-            Self::UpstreamUnreachable { .. } | Self::UpstreamTimeout { .. } => Fault::Upstream,
-            Self::Internal { .. } => Fault::Proxy,
+            Self::UpstreamUnreachable { .. }
+            | Self::UpstreamInvalid { .. }
+            | Self::UpstreamTimeout { .. } => Fault::Upstream,
+            Self::Internal { .. } | Self::Unavailable { .. } => Fault::Proxy,
         }
     }
 
@@ -122,8 +159,13 @@ impl ProxyError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -146,8 +188,13 @@ impl ProxyError {
             Self::BadRequest { code, .. } => code,
             Self::RequestTimeout { .. } => "request_body_timeout",
             Self::NotFound { .. } => "not_found",
+            Self::Unauthorized { code, .. } => code,
+            Self::Forbidden { .. } => "forbidden",
+            Self::Conflict { .. } => "conflict",
+            Self::Unavailable { .. } => "receipts_unavailable",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Self::UpstreamInvalid { .. } => "upstream_invalid_response",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::Internal { .. } => "internal_error",
         }

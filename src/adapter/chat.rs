@@ -226,18 +226,6 @@ pub fn tool_message(id: &str, content: &str) -> Value {
     json!({"role": "tool", "tool_call_id": id, "content": content})
 }
 
-/// The tool output the model receives for a refused call: JSON it can act on.
-pub fn denial_output(code: &str, message: &str, receipt_id: &str, recovery: &[&str]) -> String {
-    json!({"error": {
-        "type": "tool_call_denied",
-        "code": code,
-        "message": message,
-        "receipt_id": receipt_id,
-        "recovery": recovery,
-    }})
-    .to_string()
-}
-
 /// Adds `add`'s usage to `total` (prompt, completion and total tokens, and the
 /// numeric details), for a response made of several rounds.
 pub fn add_usage(total: &mut Value, add: &Value) {
@@ -691,6 +679,23 @@ impl StreamRewriter {
         self.client_index += 1;
         self.round_relayed += 1;
         self.chunk(json!({"tool_calls": [fragment]}), Value::Null)
+    }
+
+    /// A content chunk of tollgate's own (e.g. why the loop stopped), part of
+    /// the current round's assistant text.
+    pub fn text(&mut self, text: &str) -> Value {
+        self.round_content.push_str(text);
+        let mut delta = json!({"content": text});
+        if !self.role_sent {
+            self.role_sent = true;
+            delta = json!({"role": "assistant", "content": text});
+        }
+        self.chunk(delta, Value::Null)
+    }
+
+    /// Whether a call of the current round is still being received.
+    pub fn call_open(&self) -> bool {
+        self.assembler.unfinished() > 0
     }
 
     /// Records the output of a call tollgate handled.

@@ -4,6 +4,7 @@
 //! error; they return an error instead of exiting, and `main` turns it into the
 //! exit code.
 
+mod approvals;
 mod receipts;
 
 use std::io::Write;
@@ -40,6 +41,9 @@ pub enum CommandError {
     /// The async runtime or standard output failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Anything else, said in words.
+    #[error("{0}")]
+    Message(String),
 }
 
 /// Runs the command the command line names.
@@ -53,6 +57,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Keys(command) => keys(command),
         Command::Token(command) => tokens(command),
         Command::Receipts(command) => receipts::run(command),
+        Command::Approvals(command) => approvals::run(command),
         Command::Certs(CertsCommand::Dev(args)) => {
             let written = crate::certs::write_dev(&args.dir, args.force)?;
             let mut out = std::io::stdout().lock();

@@ -30,6 +30,7 @@ pub mod secrets;
 pub mod token;
 pub mod velocity;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
@@ -173,8 +174,8 @@ impl Now {
 pub struct Kernel {
     policy: Policy,
     limits: Limits,
-    velocity: velocity::Velocity,
-    approvals: approvals::Approvals,
+    velocity: Arc<velocity::Velocity>,
+    approvals: Arc<approvals::Approvals>,
 }
 
 /// A result found while checking, before the approval and velocity steps.
@@ -189,8 +190,20 @@ impl Kernel {
         Self {
             policy,
             limits: Limits::default(),
-            velocity: velocity::Velocity::default(),
-            approvals: approvals::Approvals::new(APPROVAL_TTL),
+            velocity: Arc::default(),
+            approvals: Arc::new(approvals::Approvals::new(APPROVAL_TTL)),
+        }
+    }
+
+    /// A kernel deciding with another policy that keeps this one's state: velocity
+    /// counts and approval requests (which stay bound to the policy that asked for
+    /// them, so a changed policy needs new approvals).
+    pub fn with_policy(&self, policy: Policy) -> Self {
+        Self {
+            policy,
+            limits: self.limits,
+            velocity: self.velocity.clone(),
+            approvals: self.approvals.clone(),
         }
     }
 

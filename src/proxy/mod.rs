@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod govern;
 pub mod headers;
 pub mod relay;
 pub mod sse;
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::gateway::{Gateway, GatewayError};
 use upstream::UpstreamClient;
 
 /// State shared by every request.
@@ -42,6 +44,8 @@ pub struct Shared {
     pub client: UpstreamClient,
     /// Set once shutdown has begun; `readyz` then answers 503.
     pub draining: AtomicBool,
+    /// Policy, receipts, identity and governed tools.
+    pub gateway: Gateway,
 }
 
 /// Why the server could not start.
@@ -62,6 +66,9 @@ pub enum ServeError {
     /// The upstream client could not be built.
     #[error("upstream client: {0}")]
     Upstream(String),
+    /// Governance could not be set up.
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
 }
 
 /// A bound, not yet running server.
@@ -90,6 +97,7 @@ impl Server {
             Some(files) => Some(TlsAcceptor::from(tls::server_config(files)?)),
             None => None,
         };
+        let gateway = Gateway::open(&config.govern)?;
         let client =
             upstream::client(&config.upstream, &config.timeouts).map_err(ServeError::Upstream)?;
         let listener =
@@ -110,6 +118,7 @@ impl Server {
                 config,
                 client,
                 draining: AtomicBool::new(false),
+                gateway,
             }),
             local_addr,
         })

@@ -22,6 +22,7 @@ use super::admin;
 use super::body::{
     ProxyBody, RequestBody, RequestBodyFault, RequestBodyOutcome, ResponseBody, StreamErrorStyle,
 };
+use super::govern;
 use super::headers::{remove_hop_by_hop, section_size, wants_upgrade};
 use super::upstream;
 use crate::error::ProxyError;
@@ -69,10 +70,14 @@ async fn route(
     request_id: &Arc<str>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if let Some(rest) = req.uri().path().strip_prefix(admin::PREFIX) {
-        return admin::handle(shared, req.method(), rest);
+        return admin::handle(shared, req.method(), req.headers(), rest, req.uri().query()).await;
     }
     admit(shared, &req)?;
-    forward(shared, req, request_id).await
+    let identity = shared.gateway.identify(req.headers())?;
+    if govern::is_chat(req.method(), req.uri()) {
+        return govern::chat(shared, req, request_id, identity).await;
+    }
+    forward(shared, req, request_id, identity.upstream_authorization).await
 }
 
 /// Refuses what cannot be relayed, before anything is sent upstream.
@@ -141,6 +146,7 @@ async fn forward(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
     request_id: &Arc<str>,
+    authorization: Option<HeaderValue>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let config = &shared.config;
     let sse_style = if req.uri().path().starts_with("/v1/messages") {
@@ -154,6 +160,9 @@ async fn forward(
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     parts.headers.remove(header::EXPECT);
+    if let Some(authorization) = authorization {
+        parts.headers.insert(header::AUTHORIZATION, authorization);
+    }
     // A body of unknown length goes on chunked, whatever the method: left to
     // itself the client would drop the body of a GET.
     if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {

@@ -152,6 +152,35 @@ pub struct Event {
     pub id: Option<String>,
 }
 
+/// Cuts bytes made of whole events (as [`Framer::push`] returns them) into one
+/// piece per event, each with its terminating blank line.
+pub fn split_events(piece: &Bytes) -> Vec<Bytes> {
+    let b = &piece[..];
+    let mut events = Vec::new();
+    let (mut start, mut line_start, mut i) = (0, 0, 0);
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\n' || c == b'\r' {
+            let mut end = i + 1;
+            if c == b'\r' && b.get(i + 1) == Some(&b'\n') {
+                end += 1;
+            }
+            if i == line_start {
+                events.push(piece.slice(start..end));
+                start = end;
+            }
+            line_start = end;
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    if start < b.len() {
+        events.push(piece.slice(start..));
+    }
+    events
+}
+
 /// Reads the fields of one raw event as the WHATWG rules say: comments skipped, one
 /// leading space of a value removed, `data` lines joined with `\n`. Returns `None`
 /// for an event with no `data` field (which clients do not dispatch).
@@ -194,6 +223,23 @@ pub fn parse_event(raw: &[u8]) -> Option<Event> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_events_split_one_by_one_whatever_the_line_ends() {
+        let piece = Bytes::from_static(b"data: a\n\ndata: b\r\n\r\n: ping\r\rdata: c\ndata: d\n\n");
+        let events = split_events(&piece);
+        let texts: Vec<&[u8]> = events.iter().map(|e| &e[..]).collect();
+        assert_eq!(
+            texts,
+            [
+                &b"data: a\n\n"[..],
+                b"data: b\r\n\r\n",
+                b": ping\r\r",
+                b"data: c\ndata: d\n\n"
+            ]
+        );
+        assert_eq!(events.concat(), piece.to_vec());
+    }
+
     use super::*;
 
     /// Feeds `input` split at every position in `cuts`, collecting what comes out.

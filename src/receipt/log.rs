@@ -89,6 +89,8 @@ struct Shared {
     chain: Mutex<ChainState>,
     key: SigningKey,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
+    /// The last write failure, until a write succeeds again.
+    failing: Mutex<Option<String>>,
 }
 
 /// An open receipt log.
@@ -248,6 +250,7 @@ impl ReceiptLog {
             chain: Mutex::new(chain.clone()),
             key,
             queue: Mutex::new(Some(tx)),
+            failing: Mutex::new(None),
         });
         let first_seq = if regular { first_seq_of(path) } else { None }.unwrap_or(chain.next_seq);
         let mut writer = Writer {
@@ -278,6 +281,15 @@ impl ReceiptLog {
     /// The log's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Why the last write failed, while appends are failing; `None` when the log
+    /// is writable (as far as the last write knows).
+    pub fn failure(&self) -> Option<String> {
+        if lock(&self.shared.queue).is_none() {
+            return Some("the receipt log is closed".into());
+        }
+        lock(&self.shared.failing).clone()
     }
 
     /// Signs `draft` as the next record and queues it; the returned receiver
@@ -417,12 +429,14 @@ impl Writer {
                                 .unwrap_or(self.durable.last_time),
                         };
                     }
+                    lock(&self.shared.failing).take();
                     for job in batch {
                         let _ = job.reply.send(Ok(job.receipt));
                     }
                 }
                 Err(error) => {
                     tracing::error!(%error, "receipt log write failed; appends fail until it can be written");
+                    *lock(&self.shared.failing) = Some(error.to_string());
                     // Resume the chain from the last durable record, and fail what
                     // was numbered after it.
                     let mut chain = lock(&self.shared.chain);

@@ -32,6 +32,12 @@ pub fn shared_fixtures() -> PathBuf {
 pub struct TestProxy {
     pub url: String,
     pub addr: std::net::SocketAddr,
+    /// Holds the receipt log and signing key (unless the arguments named others).
+    pub dir: tempfile::TempDir,
+    /// The receipt log.
+    pub receipts: PathBuf,
+    /// The signing key file.
+    pub signing_key: PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -51,9 +57,18 @@ impl TestProxy {
     }
 
     /// Starts a proxy from explicit arguments and `tollgate.toml` text.
-    pub async fn start_with(args: ServeArgs, toml: &str) -> Self {
+    pub async fn start_with(mut args: ServeArgs, toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("signing-key.pem");
+        tollgate::keys::write_signing(&key_file, &tollgate::keys::generate().unwrap(), false)
+            .unwrap();
+        args.signing_key.get_or_insert(key_file);
+        args.receipts
+            .get_or_insert_with(|| dir.path().join("receipts.jsonl"));
         let raw = RawConfig::parse(toml, Path::new("test.toml")).unwrap();
         let config = Config::resolve(&args, raw, Path::new(".")).unwrap();
+        let receipts = config.govern.receipts.clone();
+        let signing_key = config.govern.signing_key.clone().unwrap();
         let server = Server::bind(config).await.unwrap();
         let url = server.url();
         let addr = server.local_addr();
@@ -64,9 +79,30 @@ impl TestProxy {
         Self {
             url,
             addr,
+            dir,
+            receipts,
+            signing_key,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The receipts written so far.
+    pub fn receipt_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.receipts)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Asserts that the receipt log verifies with the signing key.
+    pub fn verify_receipts(&self) {
+        let key = tollgate::keys::read_signing(&self.signing_key).unwrap();
+        let mut files = tollgate::receipt::log::rotated_files(&self.receipts);
+        files.push(self.receipts.clone());
+        let report = tollgate::receipt::verify::verify(&files, &[key.verifying_key()]);
+        assert!(report.ok(), "{:?}", report.failure);
     }
 
     /// Stops accepting and waits for in-flight requests (bounded).

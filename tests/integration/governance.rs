@@ -13,8 +13,7 @@ use tollgate::kernel::Kernel;
 use tollgate::kernel::policy::Policy;
 use tollgate::receipt::{LogOptions, Receipt, ReceiptLog};
 use tollgate::tools::http::HttpTool;
-use tollgate::turn::SpliceStore;
-use tollgate::turn::chat::{Caller, GovernError, Governance};
+use tollgate::turn::chat::{Caller, GovernError, Governance, Settings};
 
 const POLICY: &str = r#"
 hushspec: "0.1.0"
@@ -58,15 +57,18 @@ async fn harness(policy: &str, tool_server: Option<MockUpstream>, max_rounds: u3
         None => Vec::new(),
     };
     Harness {
-        gov: Governance {
-            kernel: Kernel::new(Policy::from_text(policy, "test").unwrap()),
+        gov: Governance::new(
+            Kernel::new(Policy::from_text(policy, "test").unwrap()),
             receipts,
             tools,
-            splice: SpliceStore::new(64, Duration::from_secs(600)),
-            max_rounds,
-            server_id: "gw-test".into(),
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
-        },
+            Settings {
+                max_rounds,
+                server_id: "gw-test".into(),
+                splice_turns: 64,
+                splice_ttl: Duration::from_secs(600),
+            },
+        )
+        .unwrap(),
         dir,
         key,
         _tool_server: tool_server,
@@ -74,6 +76,15 @@ async fn harness(policy: &str, tool_server: Option<MockUpstream>, max_rounds: u3
 }
 
 impl Harness {
+    async fn run(&self, request_id: &str, mut request: Value, script: &Script) -> Value {
+        self.gov.prepare(&caller(), &mut request).unwrap();
+        self.gov
+            .run(&caller(), request_id, request, script.upstream())
+            .await
+            .unwrap()
+            .response
+    }
+
     fn receipts(&self) -> Vec<Receipt> {
         std::fs::read_to_string(self.dir.path().join("receipts.jsonl"))
             .unwrap()
@@ -173,11 +184,7 @@ async fn a_denied_call_is_answered_to_the_model_and_the_client_gets_the_final_an
         calls(&[("call_x", "shell_exec", r#"{"cmd":"ls"}"#)]),
         text("I cannot run that."),
     ]);
-    let out = h
-        .gov
-        .run(&caller(), "tgr_1", request(), script.upstream())
-        .await
-        .unwrap();
+    let out = h.run("tgr_1", request(), &script).await;
     assert_eq!(
         out["choices"][0]["message"]["content"],
         "I cannot run that."
@@ -214,11 +221,7 @@ async fn a_governed_tool_runs_and_only_the_final_answer_reaches_the_client() {
         calls(&[("call_w", "weather__current", r#"{"city":"Paris"}"#)]),
         text("18 degrees."),
     ]);
-    let out = h
-        .gov
-        .run(&caller(), "tgr_2", request(), script.upstream())
-        .await
-        .unwrap();
+    let out = h.run("tgr_2", request(), &script).await;
     assert_eq!(out["choices"][0]["message"]["content"], "18 degrees.");
     let sent = script.sent();
     // The governed tool was offered to the model, beside the client's own.
@@ -247,11 +250,7 @@ async fn parallel_calls_with_one_denied_then_the_follow_up_is_spliced() {
         ]),
         text("Found it."),
     ]);
-    let out = h
-        .gov
-        .run(&caller(), "tgr_3", request(), script.upstream())
-        .await
-        .unwrap();
+    let out = h.run("tgr_3", request(), &script).await;
     // The client sees only its own call.
     let seen = out["choices"][0]["message"]["tool_calls"]
         .as_array()
@@ -271,11 +270,7 @@ async fn parallel_calls_with_one_denied_then_the_follow_up_is_spliced() {
     let messages = follow_up["messages"].as_array_mut().unwrap();
     messages.push(out["choices"][0]["message"].clone());
     messages.push(json!({"role": "tool", "tool_call_id": "call_a", "content": "result a"}));
-    let out = h
-        .gov
-        .run(&caller(), "tgr_4", follow_up, script.upstream())
-        .await
-        .unwrap();
+    let out = h.run("tgr_4", follow_up, &script).await;
     assert_eq!(out["choices"][0]["message"]["content"], "Found it.");
     let sent = script.sent();
     let last = &sent[1]["messages"];
@@ -305,11 +300,7 @@ async fn the_loop_stops_after_max_rounds_and_says_so() {
             .map(|i| calls(&[(&format!("call_{i}"), "shell_exec", "{}")]))
             .collect(),
     );
-    let out = h
-        .gov
-        .run(&caller(), "tgr_5", request(), script.upstream())
-        .await
-        .unwrap();
+    let out = h.run("tgr_5", request(), &script).await;
     assert!(
         out["choices"][0]["message"]["content"]
             .as_str()
@@ -333,13 +324,9 @@ async fn a_failing_governed_tool_gives_the_model_an_error_output() {
         calls(&[("call_w", "weather__current", r#"{"city":"Paris"}"#)]),
         text("The tool failed."),
     ]);
-    let out = tokio::time::timeout(
-        crate::common::WAIT,
-        h.gov.run(&caller(), "tgr_6", request(), script.upstream()),
-    )
-    .await
-    .expect("a hung tool must not hang the request")
-    .unwrap();
+    let out = tokio::time::timeout(crate::common::WAIT, h.run("tgr_6", request(), &script))
+        .await
+        .expect("a hung tool must not hang the request");
     assert_eq!(out["choices"][0]["message"]["content"], "The tool failed.");
     let answer = &tool_messages(&script.sent()[1])[0].1;
     assert!(answer.contains("tool_timeout"), "{answer}");
@@ -355,21 +342,14 @@ async fn an_approval_goes_from_pending_to_approved_to_consumed() {
         deploy(),
         text("Deployed."),
     ]);
-    h.gov
-        .run(&caller(), "tgr_7", request(), script.upstream())
-        .await
-        .unwrap();
+    h.run("tgr_7", request(), &script).await;
     let pending: Value = serde_json::from_str(&tool_messages(&script.sent()[1])[0].1).unwrap();
     assert_eq!(pending["error"]["code"], "approval_pending");
-    let id = h.gov.kernel.approvals().list()[0].id.clone();
+    let id = h.gov.kernel().approvals().list()[0].id.clone();
     assert!(pending["error"]["message"].as_str().unwrap().contains(&id));
-    assert!(h.gov.kernel.approvals().approve(&id));
+    assert!(h.gov.kernel().approvals().approve(&id));
     // The same call again is relayed to the client (deploy is the client's tool).
-    let out = h
-        .gov
-        .run(&caller(), "tgr_8", request(), script.upstream())
-        .await
-        .unwrap();
+    let out = h.run("tgr_8", request(), &script).await;
     assert_eq!(
         out["choices"][0]["message"]["tool_calls"][0]["id"],
         "call_d"
@@ -389,11 +369,7 @@ async fn a_client_tool_named_like_a_governed_one_is_refused() {
     let script = Script::new(vec![]);
     let mut clash = request();
     clash["tools"] = json!([{"type": "function", "function": {"name": "weather__current"}}]);
-    let err = h
-        .gov
-        .run(&caller(), "tgr_9", clash, script.upstream())
-        .await
-        .unwrap_err();
+    let err = h.gov.prepare(&caller(), &mut clash).unwrap_err();
     assert!(err.to_string().contains("weather__current"), "{err}");
     assert!(script.sent().is_empty());
 }

@@ -28,7 +28,12 @@ async fn serve_starts_with_no_configuration_at_all() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    assert_eq!(health.text().await.unwrap(), "{\"status\":\"ok\"}");
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    // The bundled default policy, and a receipt log made in the working directory.
+    assert_eq!(body["policy_hash"].as_str().unwrap().len(), 64);
+    assert!(dir.path().join("receipts.jsonl").exists());
+    assert!(dir.path().join(".tollgate/signing-key.pem").exists());
     tollgate.signal("INT");
     assert!(tollgate.wait_exit().success());
 }
@@ -44,7 +49,9 @@ async fn admin_endpoints_answer_locally_and_are_never_forwarded() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
-    assert_eq!(ready.text().await.unwrap(), "{\"status\":\"ready\"}");
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["receipts"], "ok");
     let missing = http
         .get(format!("{}/tollgate/nope", proxy.url))
         .send()

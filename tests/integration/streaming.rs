@@ -60,7 +60,7 @@ async fn each_event_reaches_the_client_before_the_upstream_sends_the_next() {
     let (reply, feed) = Reply::stream(200, sse_headers());
     mock.push(reply);
     let mut response = client()
-        .post(format!("{}/v1/chat/completions", proxy.url))
+        .post(format!("{}/v1/completions", proxy.url))
         .header("content-type", "application/json")
         .body("{\"model\":\"gpt-4o\",\"stream\":true,\"messages\":[]}")
         .send()
@@ -138,6 +138,11 @@ async fn recorded_api_streams_and_bodies_cross_byte_for_byte() {
     for (n, path) in recorded_files().iter().enumerate() {
         let bytes = std::fs::read(path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("chat-stream-tool-call") {
+            // Tool calls on Chat Completions are governed, not relayed byte for
+            // byte: `chat_stream::recorded_tool_call_streams_are_governed` covers them.
+            continue;
+        }
         let (route, content_type) = if name.starts_with("anthropic") {
             ("/v1/messages", "text/event-stream")
         } else if name.starts_with("responses") {
@@ -185,7 +190,7 @@ async fn an_upstream_failing_mid_stream_ends_the_stream_with_an_error_event() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url(), "").await;
     let first = "data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
-    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/chat/completions").await;
+    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/completions").await;
     feed.send(first);
     let mut got = Vec::new();
     read_until(&mut response, &mut got, first.len()).await;
@@ -237,7 +242,7 @@ async fn a_silent_upstream_stream_is_ended_after_the_idle_timeout() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url(), "idle_timeout = \"300ms\"").await;
     let first = "data: {\"a\":1}\n\n";
-    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/chat/completions").await;
+    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/completions").await;
     feed.send(first);
     let mut got = Vec::new();
     read_to_end(&mut response, &mut got).await;
@@ -263,7 +268,7 @@ async fn a_sized_body_cut_short_is_an_error_for_the_client() {
     );
     mock.push(reply);
     let response = client()
-        .post(format!("{}/v1/chat/completions", proxy.url))
+        .post(format!("{}/v1/completions", proxy.url))
         .body("{}")
         .send()
         .await
@@ -280,7 +285,7 @@ async fn a_sized_body_cut_short_is_an_error_for_the_client() {
 async fn an_event_larger_than_the_hold_limit_is_forwarded_as_it_comes() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url(), "").await;
-    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/chat/completions").await;
+    let (mut response, feed) = open_stream(&mock, &proxy, "/v1/completions").await;
     let big = format!("data: {{\"blob\":\"{}", "x".repeat(5 * 1024 * 1024));
     feed.send(big.clone());
     // Past the limit the partial event is released before its end arrives.
@@ -310,7 +315,7 @@ async fn events_already_received_go_out_together() {
     mock.push(Reply::sse(events));
     let raw = crate::common::raw_exchange(
         proxy.addr,
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
     )
     .await;
     let (head, body) = crate::common::split_response(&raw);

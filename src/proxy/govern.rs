@@ -1,0 +1,487 @@
+//! The governed endpoint `POST /v1/chat/completions`: the HTTP side of the turn
+//! loop in [`crate::turn::chat`].
+//!
+//! The request body is read whole (within the body limit and idle timeout),
+//! spliced and given the governed tools, then sent upstream; each round's
+//! answer is read whole (plain) or event by event (streaming) and handed to the
+//! loop. An upstream error status in the first round reaches the client
+//! unchanged, as it would without tollgate; a response without tool calls keeps
+//! its bytes. Streams are written by a task of their own through a channel, so
+//! decisions, receipts and governed tools run while the client's stream is open.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::Shared;
+use super::body::{
+    ChannelBody, MAX_HELD_EVENT_BYTES, ProxyBody, RequestBody, RequestBodyFault,
+    RequestBodyOutcome, full,
+};
+use super::headers::remove_hop_by_hop;
+use super::sse::{Framer, split_events};
+use super::upstream;
+use crate::error::ProxyError;
+use crate::gateway::Identity;
+use crate::turn::chat::{EventSource, GovernError, StreamEnd};
+
+/// The most bytes of one upstream JSON answer tollgate reads.
+pub const MAX_UPSTREAM_JSON_BYTES: usize = 64 * 1024 * 1024;
+
+/// Whether a request goes through the Chat Completions loop.
+pub fn is_chat(method: &http::Method, uri: &Uri) -> bool {
+    method == http::Method::POST && uri.path().trim_end_matches('/') == "/v1/chat/completions"
+}
+
+/// Reads a client's body whole, within the limits.
+async fn read_body(shared: &Shared, body: Incoming) -> Result<Bytes, ProxyError> {
+    let limits = &shared.config.limits;
+    let outcome = Arc::new(RequestBodyOutcome::default());
+    let body = RequestBody::new(
+        body,
+        limits.max_body_bytes,
+        shared.config.timeouts.idle,
+        outcome.clone(),
+    );
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(match outcome.fault() {
+            Some(RequestBodyFault::TooLarge) => ProxyError::BodyTooLarge {
+                limit: limits.max_body_bytes,
+            },
+            Some(RequestBodyFault::Stalled) => ProxyError::RequestTimeout {
+                secs: shared.config.timeouts.idle.as_secs(),
+            },
+            _ => ProxyError::BadRequest {
+                message: "the request body was malformed or cut short".into(),
+                code: "invalid_request_body",
+            },
+        }),
+    }
+}
+
+/// The headers each round sends upstream: the client's end-to-end headers, less
+/// framing and compression (tollgate reads the answer), with tollgate's own key in
+/// `tokens` mode.
+fn round_headers(mut headers: HeaderMap, identity: &Identity) -> HeaderMap {
+    remove_hop_by_hop(&mut headers);
+    for name in [
+        header::HOST,
+        header::EXPECT,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::ACCEPT_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    if let Some(auth) = &identity.upstream_authorization {
+        headers.insert(header::AUTHORIZATION, auth.clone());
+    }
+    headers
+}
+
+/// Sends one round upstream; returns the response once its headers are in.
+async fn send_round(
+    shared: &Shared,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response<Incoming>, ProxyError> {
+    let mut request = Request::new(full(body.clone()));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri.clone();
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers.clone();
+    request
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let timeouts = &shared.config.timeouts;
+    match tokio::time::timeout(timeouts.first_byte, shared.client.request(request)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            detail: format!("no response headers within {:?}", timeouts.first_byte),
+        }),
+        Ok(Err(e)) => Err(upstream::classify(&e, timeouts.connect)),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// Reads an upstream answer whole, within the idle timeout between pieces.
+async fn read_answer(shared: &Shared, mut body: Incoming) -> Result<Bytes, ProxyError> {
+    let idle = shared.config.timeouts.idle;
+    let mut bytes = Vec::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    detail: format!("the answer stalled for more than {idle:?}"),
+                });
+            }
+            Ok(None) => return Ok(Bytes::from(bytes)),
+            Ok(Some(Err(e))) => {
+                return Err(ProxyError::UpstreamUnreachable {
+                    detail: format!("the answer broke off: {e}"),
+                });
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > MAX_UPSTREAM_JSON_BYTES {
+                        return Err(ProxyError::UpstreamInvalid {
+                            detail: format!("the answer is over {MAX_UPSTREAM_JSON_BYTES} bytes"),
+                        });
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"))
+}
+
+/// A whole response tollgate answers with, from an upstream's parts.
+fn respond(mut parts: http::response::Parts, body: Bytes) -> Response<ProxyBody> {
+    parts.version = Version::default();
+    remove_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(parts, full(body))
+}
+
+fn governance_error(error: GovernError) -> ProxyError {
+    match error {
+        GovernError::Request(e) => ProxyError::BadRequest {
+            code: match e {
+                crate::adapter::chat::AdapterError::NameClash(_) => "tool_name_conflict",
+                _ => "invalid_request",
+            },
+            message: e.to_string(),
+        },
+        GovernError::Splice(e) => ProxyError::BadRequest {
+            message: e.to_string(),
+            code: "incomplete_tool_results",
+        },
+        GovernError::Receipts(e) => ProxyError::Unavailable {
+            message: format!("tollgate could not record a decision, so nothing was done: {e}"),
+        },
+        GovernError::Upstream(status, _) => ProxyError::UpstreamInvalid {
+            detail: format!("the upstream answered {status}"),
+        },
+        GovernError::Relay(e) => e,
+    }
+}
+
+/// Governs one `POST /v1/chat/completions`.
+pub async fn chat(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    request_id: &Arc<str>,
+    identity: Identity,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    if is_encoded(&parts.headers) {
+        return Err(ProxyError::BadRequest {
+            message: "compressed request bodies are not accepted on governed endpoints".into(),
+            code: "unsupported_content_encoding",
+        });
+    }
+    let original = read_body(shared, body).await?;
+    let mut request: Value = match serde_json::from_slice(&original) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return Err(ProxyError::BadRequest {
+                message: "the request body must be a JSON object".into(),
+                code: "invalid_json",
+            });
+        }
+    };
+    let governance = shared.gateway.governance();
+    let changed = governance
+        .prepare(&identity.caller, &mut request)
+        .map_err(governance_error)?;
+    let has_tools = request
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+        || request.get("functions").is_some();
+    if has_tools
+        && request
+            .get("n")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > 1)
+    {
+        return Err(ProxyError::BadRequest {
+            message: "tollgate governs tool calls for one choice per request; `n` above 1 is not supported with tools".into(),
+            code: "unsupported_parameter",
+        });
+    }
+    let first_body = if changed {
+        Bytes::from(request.to_string())
+    } else {
+        original
+    };
+    let uri = upstream::target(&shared.config.upstream, &parts.uri)?;
+    let headers = round_headers(parts.headers, &identity);
+    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        stream(
+            shared, request_id, identity, request, uri, headers, first_body,
+        )
+        .await
+    } else {
+        plain(
+            shared, request_id, identity, request, uri, headers, first_body,
+        )
+        .await
+    }
+}
+
+async fn plain(
+    shared: &Arc<Shared>,
+    request_id: &Arc<str>,
+    identity: Identity,
+    request: Value,
+    uri: Uri,
+    headers: HeaderMap,
+    first_body: Bytes,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let last: Mutex<Option<(http::response::Parts, Bytes)>> = Mutex::new(None);
+    let first = Mutex::new(Some(first_body));
+    let (last_ref, first_ref, uri_ref, headers_ref) = (&last, &first, &uri, &headers);
+    let upstream = move |round_request: Value| async move {
+        let body = lock(first_ref)
+            .take()
+            .unwrap_or_else(|| Bytes::from(round_request.to_string()));
+        let response = send_round(shared, uri_ref, headers_ref, body).await?;
+        let (parts, body) = response.into_parts();
+        let bytes = read_answer(shared, body).await?;
+        let status = parts.status;
+        let encoded = is_encoded(&parts.headers);
+        *lock(last_ref) = Some((parts, bytes.clone()));
+        if !status.is_success() {
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(GovernError::Upstream(status.as_u16(), value));
+        }
+        if encoded {
+            return Err(GovernError::Relay(ProxyError::UpstreamInvalid {
+                detail: "the answer is compressed".into(),
+            }));
+        }
+        serde_json::from_slice::<Value>(&bytes).map_err(|_| {
+            GovernError::Relay(ProxyError::UpstreamInvalid {
+                detail: "the answer is not JSON".into(),
+            })
+        })
+    };
+    let result = shared
+        .gateway
+        .governance()
+        .run(&identity.caller, request_id, request, upstream)
+        .await;
+    let last = lock(&last).take();
+    match (result, last) {
+        (Ok(finished), Some((parts, bytes))) => {
+            if finished.rewritten {
+                Ok(respond(parts, Bytes::from(finished.response.to_string())))
+            } else {
+                Ok(respond(parts, bytes))
+            }
+        }
+        // An upstream error status reaches the client as the upstream sent it.
+        (Err(GovernError::Upstream(..)), Some((parts, bytes))) => Ok(respond(parts, bytes)),
+        (Err(error), _) => Err(governance_error(error)),
+        (Ok(_), None) => Err(ProxyError::Internal {
+            detail: "the loop ended without an upstream answer".into(),
+        }),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// One upstream event stream, cut into whole events.
+#[derive(Debug)]
+pub struct UpstreamEvents {
+    body: Incoming,
+    framer: Framer,
+    queue: VecDeque<Bytes>,
+    idle: Duration,
+    done: bool,
+}
+
+impl UpstreamEvents {
+    fn new(body: Incoming, idle: Duration) -> Self {
+        Self {
+            body,
+            framer: Framer::new(),
+            queue: VecDeque::new(),
+            idle,
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.done {
+                return None;
+            }
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => {
+                    self.done = true;
+                    return Some(Err(format!(
+                        "the upstream sent nothing for {:?}",
+                        self.idle
+                    )));
+                }
+                Ok(None) => {
+                    self.done = true;
+                    let rest = self.framer.finish();
+                    if !rest.is_empty() {
+                        self.queue.push_back(rest);
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    self.done = true;
+                    return Some(Err(format!("the upstream stream broke off: {e}")));
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if let Some(piece) = self.framer.push(data) {
+                            self.queue.extend(split_events(&piece));
+                        } else if self.framer.held() > MAX_HELD_EVENT_BYTES {
+                            self.done = true;
+                            return Some(Err(format!(
+                                "the upstream sent an event over {MAX_HELD_EVENT_BYTES} bytes"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl EventSource for UpstreamEvents {
+    fn next_event(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<Result<Bytes, String>>> + Send {
+        self.next()
+    }
+}
+
+/// Opens one round's stream: an event stream, or the reason it is not one.
+async fn open_stream(
+    shared: &Shared,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(http::response::Parts, UpstreamEvents), GovernError> {
+    let response = send_round(shared, uri, headers, body).await?;
+    let (parts, body) = response.into_parts();
+    if !parts.status.is_success() {
+        let bytes = read_answer(shared, body).await.unwrap_or_default();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        return Err(GovernError::Upstream(parts.status.as_u16(), value));
+    }
+    if !is_event_stream(&parts.headers) || is_encoded(&parts.headers) {
+        return Err(GovernError::Relay(ProxyError::UpstreamInvalid {
+            detail: "a streaming request was not answered with a plain event stream".into(),
+        }));
+    }
+    let idle = shared.config.timeouts.idle;
+    Ok((parts, UpstreamEvents::new(body, idle)))
+}
+
+async fn stream(
+    shared: &Arc<Shared>,
+    request_id: &Arc<str>,
+    identity: Identity,
+    request: Value,
+    uri: Uri,
+    headers: HeaderMap,
+    first_body: Bytes,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // The first round decides the response's status and headers. An error
+    // status goes back as the upstream sent it.
+    let response = send_round(shared, &uri, &headers, first_body).await?;
+    let (mut parts, body) = response.into_parts();
+    if !parts.status.is_success() {
+        let bytes = read_answer(shared, body).await?;
+        return Ok(respond(parts, bytes));
+    }
+    if !is_event_stream(&parts.headers) || is_encoded(&parts.headers) {
+        return Err(ProxyError::UpstreamInvalid {
+            detail: "a streaming request was not answered with a plain event stream".into(),
+        });
+    }
+    let first = UpstreamEvents::new(body, shared.config.timeouts.idle);
+    parts.version = Version::default();
+    remove_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.status = StatusCode::OK;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+    let task_shared = shared.clone();
+    let request_id = request_id.clone();
+    tokio::spawn(async move {
+        let next_shared = task_shared.clone();
+        let upstream = move |round_request: Value| {
+            let shared = next_shared.clone();
+            let uri = uri.clone();
+            let headers = headers.clone();
+            async move {
+                let body = Bytes::from(round_request.to_string());
+                open_stream(&shared, &uri, &headers, body)
+                    .await
+                    .map(|(_, events)| events)
+            }
+        };
+        let end = task_shared
+            .gateway
+            .governance()
+            .run_stream(&identity.caller, &request_id, request, first, upstream, &tx)
+            .await;
+        match end {
+            StreamEnd::Completed => {}
+            StreamEnd::Failed(message) => {
+                tracing::warn!(request_id = %request_id, %message, "governed stream ended with an error");
+            }
+            StreamEnd::ClientGone => {
+                tracing::debug!(request_id = %request_id, "client left a governed stream");
+            }
+        }
+    });
+    Ok(Response::from_parts(
+        parts,
+        ChannelBody::new(rx).boxed_unsync(),
+    ))
+}

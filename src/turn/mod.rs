@@ -1,0 +1,313 @@
+//! The splice store of the turn loop (SPEC section 2).
+//!
+//! When a model turn holds both calls tollgate handles (governed, denied, pending)
+//! and calls the client runs, the client sees only its own calls. The turn as the
+//! model wrote it (every call) and the outputs of the handled calls are remembered
+//! here, keyed by the ids of the client's calls; when the client's next request
+//! brings the results for those ids, [`splice_chat`] puts the whole turn back, so
+//! that the model always sees a complete conversation: every call answered, in the
+//! original order.
+//!
+//! The store lives in memory, holds at most a fixed number of turns and forgets
+//! them after an expiry.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::adapter::chat::tool_message;
+use crate::kernel::{Decision, Outcome};
+
+/// One remembered turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    /// The assistant message with every call, as the model wrote it.
+    pub assistant: Value,
+    /// The outputs of the calls tollgate handled: `(call id, output)`.
+    pub handled: Vec<(String, String)>,
+    /// The ids of the calls the client received.
+    pub relayed: Vec<String>,
+}
+
+/// Remembered turns, by relayed call id.
+#[derive(Debug)]
+pub struct SpliceStore {
+    max_turns: usize,
+    ttl: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_call: HashMap<String, Arc<Turn>>,
+    order: VecDeque<(Instant, Arc<Turn>)>,
+}
+
+impl SpliceStore {
+    /// A store of at most `max_turns` turns, each kept for `ttl`.
+    pub fn new(max_turns: usize, ttl: Duration) -> Self {
+        Self {
+            max_turns: max_turns.max(1),
+            ttl,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Remembers a turn at `now`, dropping expired and (past the bound) oldest turns.
+    pub fn remember(&self, turn: Turn, now: Instant) {
+        let turn = Arc::new(turn);
+        let mut inner = self.lock();
+        Self::expire(&mut inner, now, self.ttl);
+        while inner.order.len() >= self.max_turns {
+            if let Some((_, old)) = inner.order.pop_front() {
+                for id in &old.relayed {
+                    inner.by_call.remove(id);
+                }
+            }
+        }
+        for id in &turn.relayed {
+            inner.by_call.insert(id.clone(), turn.clone());
+        }
+        inner.order.push_back((now, turn));
+    }
+
+    fn expire(inner: &mut Inner, now: Instant, ttl: Duration) {
+        while inner
+            .order
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= ttl)
+        {
+            if let Some((_, old)) = inner.order.pop_front() {
+                for id in &old.relayed {
+                    inner.by_call.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The turn a relayed call id belongs to, if still remembered.
+    pub fn find(&self, call_id: &str, now: Instant) -> Option<Arc<Turn>> {
+        let mut inner = self.lock();
+        Self::expire(&mut inner, now, self.ttl);
+        inner.by_call.get(call_id).cloned()
+    }
+
+    /// How many turns are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a conversation could not be completed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpliceError {
+    /// The client answered some of a remembered turn's calls but not all.
+    #[error("the conversation answers only some of the calls of one assistant turn; missing: {0}")]
+    Incomplete(String),
+}
+
+/// Puts remembered turns back into a Chat Completions `messages` list: each
+/// assistant message whose calls belong to a remembered turn is replaced by the
+/// full message, and the tool messages that follow it are rebuilt in the original
+/// call order from the handled outputs and the client's own results. Returns how
+/// many turns were spliced.
+pub fn splice_chat(
+    messages: &mut Vec<Value>,
+    store: &SpliceStore,
+    now: Instant,
+) -> Result<usize, SpliceError> {
+    let mut spliced = 0;
+    let mut i = 0;
+    while i < messages.len() {
+        let turn = messages[i]
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .and_then(|calls| {
+                calls
+                    .iter()
+                    .find_map(|c| c.get("id").and_then(Value::as_str))
+            })
+            .filter(|_| messages[i].get("role").and_then(Value::as_str) == Some("assistant"))
+            .and_then(|id| store.find(id, now));
+        let Some(turn) = turn else {
+            i += 1;
+            continue;
+        };
+        // The client's tool messages right after the assistant message.
+        let mut end = i + 1;
+        let mut client_results: Vec<(String, Value)> = Vec::new();
+        while end < messages.len()
+            && messages[end].get("role").and_then(Value::as_str) == Some("tool")
+        {
+            let id = messages[end]
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            client_results.push((id.to_owned(), messages[end].clone()));
+            end += 1;
+        }
+        let order: Vec<String> = turn
+            .assistant
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .map(|calls| {
+                calls
+                    .iter()
+                    .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut rebuilt = vec![turn.assistant.clone()];
+        let mut missing = Vec::new();
+        for id in &order {
+            if let Some((_, output)) = turn.handled.iter().find(|(h, _)| h == id) {
+                rebuilt.push(tool_message(id, output));
+            } else if let Some(at) = client_results.iter().position(|(c, _)| c == id) {
+                rebuilt.push(client_results.remove(at).1);
+            } else {
+                missing.push(id.clone());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(SpliceError::Incomplete(missing.join(", ")));
+        }
+        // Results for calls outside the turn stay, after the turn's own.
+        rebuilt.extend(client_results.into_iter().map(|(_, m)| m));
+        let added = rebuilt.len();
+        messages.splice(i..end, rebuilt);
+        i += added;
+        spliced += 1;
+    }
+    Ok(spliced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn turn() -> Turn {
+        Turn {
+            assistant: json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_gov", "type": "function", "function": {"name": "weather__current", "arguments": "{}"}},
+                {"id": "call_client", "type": "function", "function": {"name": "lookup", "arguments": "{}"}},
+                {"id": "call_denied", "type": "function", "function": {"name": "shell", "arguments": "{}"}}]}),
+            handled: vec![
+                ("call_gov".into(), "{\"temp_c\":18}".into()),
+                ("call_denied".into(), "{\"error\":{}}".into()),
+            ],
+            relayed: vec!["call_client".into()],
+        }
+    }
+
+    #[test]
+    fn the_client_follow_up_gets_the_whole_turn_back_in_order() {
+        let store = SpliceStore::new(8, Duration::from_secs(60));
+        let now = Instant::now();
+        store.remember(turn(), now);
+        let mut messages = vec![
+            json!({"role": "user", "content": "hi"}),
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_client", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]}),
+            json!({"role": "tool", "tool_call_id": "call_client", "content": "found it"}),
+            json!({"role": "user", "content": "thanks"}),
+        ];
+        assert_eq!(splice_chat(&mut messages, &store, now).unwrap(), 1);
+        assert_eq!(messages.len(), 6);
+        assert_eq!(messages[1], turn().assistant);
+        let ids: Vec<&str> = messages[2..5]
+            .iter()
+            .map(|m| m["tool_call_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["call_gov", "call_client", "call_denied"]);
+        assert_eq!(messages[3]["content"], "found it");
+        assert_eq!(messages[5]["content"], "thanks");
+    }
+
+    #[test]
+    fn a_missing_client_result_is_an_error_not_a_broken_conversation() {
+        let store = SpliceStore::new(8, Duration::from_secs(60));
+        let now = Instant::now();
+        store.remember(turn(), now);
+        let mut messages =
+            vec![json!({"role": "assistant", "tool_calls": [{"id": "call_client"}]})];
+        assert_eq!(
+            splice_chat(&mut messages, &store, now),
+            Err(SpliceError::Incomplete("call_client".into()))
+        );
+    }
+
+    #[test]
+    fn turns_expire_and_the_store_is_bounded() {
+        let store = SpliceStore::new(2, Duration::from_secs(60));
+        let now = Instant::now();
+        for n in 0..3 {
+            let mut t = turn();
+            t.relayed = vec![format!("call_{n}")];
+            store.remember(t, now);
+        }
+        assert_eq!(store.len(), 2);
+        assert!(
+            store.find("call_0", now).is_none(),
+            "the oldest turn is dropped"
+        );
+        assert!(store.find("call_2", now).is_some());
+        assert!(
+            store
+                .find("call_2", now + Duration::from_secs(61))
+                .is_none(),
+            "expired"
+        );
+        assert!(store.is_empty());
+    }
+}
+
+pub mod chat;
+
+/// What a model is told to do after a refusal.
+const RECOVERY: [&str; 3] = [
+    "Do not repeat this call with the same arguments.",
+    "Use another tool, or other arguments that the policy allows.",
+    "If the call is necessary, tell the user why it was refused; an operator can change the policy.",
+];
+
+/// The tool output the model receives for a call tollgate refused or holds for
+/// approval: JSON it can act on, with the receipt that records the decision.
+pub fn refusal_output(decision: &Decision, receipt_id: &str) -> String {
+    match (decision.outcome(), decision.approval_id()) {
+        (Outcome::Pending, Some(approval)) => json!({"error": {
+            "type": "tool_call_pending_approval",
+            "code": decision.code(),
+            "message": decision.message(),
+            "approval_id": approval,
+            "receipt_id": receipt_id,
+            "recovery": [
+                format!("An operator must approve request {approval} (`tollgate approvals approve {approval}`)."),
+                "Once it is approved, make exactly the same call again, with the same arguments: it will run once.".to_owned(),
+                "Until then, tell the user the call is waiting for approval, or carry on without it.".to_owned(),
+            ],
+        }}),
+        _ => json!({"error": {
+            "type": "tool_call_denied",
+            "code": decision.code(),
+            "message": decision.message(),
+            "receipt_id": receipt_id,
+            "recovery": RECOVERY,
+        }}),
+    }
+    .to_string()
+}
