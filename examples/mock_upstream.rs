@@ -14,7 +14,39 @@
 //! - `x-mock-chunks: N` sets the number of content deltas of a stream,
 //!   `x-mock-first-ms` and `x-mock-interval-ms` the pause before the first event
 //!   and between events.
+//! - `POST /v1/chat/completions` with the model `mock-agent`, plain or streaming: a
+//!   deterministic stand-in for a model that uses tools (see below).
 //! - Anything else: 404 in OpenAI's error shape.
+//!
+//! # The `mock-agent` model
+//!
+//! It reads the conversation and answers like a model that follows orders:
+//!
+//! - If the last message has role `tool`, it answers with text quoting the content
+//!   of every message in that last run of tool messages, in order:
+//!   `Tool results: <content 1> | <content 2>`, `finish_reason: "stop"`.
+//! - Otherwise it reads the last user message. Every `call NAME {json}` in it (several
+//!   are separated by `;`, e.g. `call a {"x":1}; call b {}`) becomes one tool call to
+//!   `NAME` with that JSON object, compacted, as its arguments, and the turn ends with
+//!   `finish_reason: "tool_calls"`. Call ids are `call_<index>_<counter>`, the counter
+//!   counting every call this process has made, so they never repeat. Without such a
+//!   directive the answer is the text `Hello from the mock`.
+//! - Like the API, it checks the request first and answers 400
+//!   (`invalid_request_error`) when a directive names a tool that is not in the
+//!   request's `tools` (or legacy `functions`), when a directive's JSON does not
+//!   parse, when `parallel_tool_calls` comes without `tools`, and when the tool
+//!   messages do not pair with the assistant's `tool_calls` (every call answered
+//!   before the next turn, every tool message answering a call of the assistant
+//!   message before it), with the API's own wording.
+//! - Plain answers always carry `usage` (10 prompt and 5 completion tokens per
+//!   answer); streams follow the API's chunks: a first chunk with the role, text in
+//!   several content deltas, each tool call opened by a fragment with its `id`, `type`
+//!   and `name` and then its arguments in several fragments, one finish chunk, a usage
+//!   chunk when `stream_options.include_usage` is true, and `data: [DONE]`. Each
+//!   answer has its own `chatcmpl-mockagent<counter>` id.
+//!
+//! Tools may be declared in any shape the API accepts (`strict`,
+//! `additionalProperties`, descriptions and unknown fields are ignored).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
@@ -23,6 +55,7 @@ mod mock;
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -148,6 +181,329 @@ fn chat(request: &Recorded, body: &Value) -> Reply {
     if body["stream_options"]["include_usage"] == json!(true) {
         let c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "system_fingerprint": "fp_mock", "choices": [], "usage": usage});
+        events.push(format!("data: {c}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    sse_reply(request, events)
+}
+
+/// Counts the answers and the tool calls of the `mock-agent` model, so that ids never
+/// repeat within one process.
+static AGENT_ANSWERS: AtomicU64 = AtomicU64::new(0);
+static AGENT_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Tokens reported for each `mock-agent` answer.
+const AGENT_PROMPT_TOKENS: u64 = 10;
+const AGENT_COMPLETION_TOKENS: u64 = 5;
+
+/// One tool call the `mock-agent` model decided to make.
+struct AgentCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// What the `mock-agent` model answers.
+enum AgentTurn {
+    Text(String),
+    Calls(Vec<AgentCall>),
+}
+
+/// The API's 400 for a request it refuses.
+fn invalid_request(message: &str, param: Value) -> Reply {
+    json_reply(
+        400,
+        json!({"error": {"message": message, "type": "invalid_request_error",
+            "param": param, "code": null}}),
+    )
+}
+
+/// The text of a message's `content`: a string, or the text of its parts.
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join(""),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The names of the tools the request declares.
+fn declared_tools(body: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    for tool in body["tools"].as_array().into_iter().flatten() {
+        for key in ["function", "custom"] {
+            if let Some(name) = tool[key]["name"].as_str() {
+                names.push(name.to_owned());
+            }
+        }
+        // Tolerate the flat (Responses-style) shape too.
+        if let Some(name) = tool["name"].as_str() {
+            names.push(name.to_owned());
+        }
+    }
+    for function in body["functions"].as_array().into_iter().flatten() {
+        if let Some(name) = function["name"].as_str() {
+            names.push(name.to_owned());
+        }
+    }
+    names
+}
+
+/// Checks the pairing of `tool_calls` and tool messages the way the API does.
+fn check_pairing(messages: &[Value]) -> Result<(), Reply> {
+    // The call ids of the assistant message before the current run of tool messages,
+    // and those of them not answered yet.
+    let mut open: Option<Vec<String>> = None;
+    let mut unanswered: Vec<String> = Vec::new();
+    let missing = |index: usize, ids: &[String]| {
+        invalid_request(
+            &format!(
+                "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response messages: {}",
+                ids.join(", ")
+            ),
+            json!(format!("messages.[{index}].role")),
+        )
+    };
+    for (index, message) in messages.iter().enumerate() {
+        let role = message["role"].as_str().unwrap_or_default();
+        if role == "tool" {
+            let id = message["tool_call_id"].as_str().unwrap_or_default();
+            let answers_open = open.as_ref().is_some_and(|ids| ids.iter().any(|i| i == id));
+            if !answers_open {
+                return Err(invalid_request(
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                    json!(format!("messages.[{index}].role")),
+                ));
+            }
+            unanswered.retain(|i| i != id);
+            continue;
+        }
+        if !unanswered.is_empty() {
+            return Err(missing(index, &unanswered));
+        }
+        open = None;
+        if role == "assistant" {
+            let ids: Vec<String> = message["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .collect();
+            if !ids.is_empty() {
+                unanswered = ids.clone();
+                open = Some(ids);
+            }
+        }
+    }
+    if !unanswered.is_empty() {
+        return Err(missing(messages.len(), &unanswered));
+    }
+    Ok(())
+}
+
+/// The `call NAME {json}` directives of a user message, as `(name, arguments)`.
+fn directives(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    let mut at_boundary = true;
+    while !rest.is_empty() {
+        if at_boundary && let Some(after) = rest.strip_prefix("call ") {
+            let after = after.trim_start();
+            let name_len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                .unwrap_or(after.len());
+            let name = &after[..name_len];
+            let args = after[name_len..].trim_start();
+            if !name.is_empty() && args.starts_with('{') {
+                let mut values = serde_json::Deserializer::from_str(args).into_iter::<Value>();
+                match values.next() {
+                    Some(Ok(value)) => {
+                        found.push((name.to_owned(), value.to_string()));
+                        rest = &args[values.byte_offset()..];
+                        at_boundary = false;
+                        continue;
+                    }
+                    _ => {
+                        return Err(format!(
+                            "mock-agent: the arguments of `call {name}` are not valid JSON"
+                        ));
+                    }
+                }
+            }
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        at_boundary = c.is_whitespace() || c == ';';
+        rest = &rest[c.len_utf8()..];
+    }
+    Ok(found)
+}
+
+/// What the `mock-agent` model does with this request, or the API's 400.
+fn agent_turn(body: &Value) -> Result<AgentTurn, Reply> {
+    let Some(messages) = body["messages"].as_array() else {
+        return Err(invalid_request(
+            "Missing required parameter: 'messages'.",
+            json!("messages"),
+        ));
+    };
+    if !body["parallel_tool_calls"].is_null() && body["tools"].as_array().is_none_or(Vec::is_empty)
+    {
+        return Err(invalid_request(
+            "Invalid value for 'parallel_tool_calls': 'parallel_tool_calls' is only allowed when 'tools' are specified.",
+            json!("parallel_tool_calls"),
+        ));
+    }
+    check_pairing(messages)?;
+    if messages.last().is_some_and(|m| m["role"] == "tool") {
+        let mut results: Vec<String> = messages
+            .iter()
+            .rev()
+            .take_while(|m| m["role"] == "tool")
+            .map(|m| content_text(&m["content"]))
+            .collect();
+        results.reverse();
+        return Ok(AgentTurn::Text(format!(
+            "Tool results: {}",
+            results.join(" | ")
+        )));
+    }
+    let user = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(|m| content_text(&m["content"]))
+        .unwrap_or_default();
+    let wanted = directives(&user).map_err(|e| invalid_request(&e, json!("messages")))?;
+    if wanted.is_empty() {
+        return Ok(AgentTurn::Text("Hello from the mock".to_owned()));
+    }
+    let declared = declared_tools(body);
+    let mut calls = Vec::new();
+    for (index, (name, arguments)) in wanted.into_iter().enumerate() {
+        if !declared.contains(&name) {
+            return Err(invalid_request(
+                &format!(
+                    "mock-agent: the user asked for a call to {name:?}, which is not among the request's tools ({})",
+                    declared.join(", ")
+                ),
+                json!("tools"),
+            ));
+        }
+        let n = AGENT_CALLS.fetch_add(1, Ordering::Relaxed);
+        calls.push(AgentCall {
+            id: format!("call_{index}_{n}"),
+            name,
+            arguments,
+        });
+    }
+    Ok(AgentTurn::Calls(calls))
+}
+
+/// Splits `text` into `parts` pieces of about the same length, on character
+/// boundaries; empty pieces are left out.
+fn split_pieces(text: &str, parts: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let size = chars.len().div_ceil(parts.max(1)).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+fn agent_chat(request: &Recorded, body: &Value) -> Reply {
+    let turn = match agent_turn(body) {
+        Ok(turn) => turn,
+        Err(reply) => return reply,
+    };
+    let model = "mock-agent";
+    let id = format!(
+        "chatcmpl-mockagent{}",
+        AGENT_ANSWERS.fetch_add(1, Ordering::Relaxed)
+    );
+    let created = 1_727_346_182u64;
+    let usage = json!({"prompt_tokens": AGENT_PROMPT_TOKENS,
+        "completion_tokens": AGENT_COMPLETION_TOKENS,
+        "total_tokens": AGENT_PROMPT_TOKENS + AGENT_COMPLETION_TOKENS,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0}});
+    let finish = match turn {
+        AgentTurn::Text(_) => "stop",
+        AgentTurn::Calls(_) => "tool_calls",
+    };
+    if body["stream"] != json!(true) {
+        let message = match &turn {
+            AgentTurn::Text(text) => {
+                json!({"role": "assistant", "content": text, "refusal": null, "annotations": []})
+            }
+            AgentTurn::Calls(calls) => {
+                let calls: Vec<Value> = calls
+                    .iter()
+                    .map(|c| {
+                        json!({"id": c.id, "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments}})
+                    })
+                    .collect();
+                json!({"role": "assistant", "content": null, "refusal": null,
+                    "tool_calls": calls, "annotations": []})
+            }
+        };
+        return json_reply(
+            200,
+            json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+                "system_fingerprint": "fp_mock",
+                "choices": [{"index": 0, "message": message, "logprobs": null,
+                    "finish_reason": finish}],
+                "usage": usage, "service_tier": "default"}),
+        );
+    }
+    let include_usage = body["stream_options"]["include_usage"] == json!(true);
+    let chunk = |delta: Value, finish: Value| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created,
+            "model": model, "service_tier": "default", "system_fingerprint": "fp_mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        format!("data: {c}\n\n")
+    };
+    let mut events = Vec::new();
+    match &turn {
+        AgentTurn::Text(text) => {
+            events.push(chunk(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                Value::Null,
+            ));
+            for piece in text.split_inclusive(' ') {
+                events.push(chunk(json!({"content": piece}), Value::Null));
+            }
+        }
+        AgentTurn::Calls(calls) => {
+            for (index, call) in calls.iter().enumerate() {
+                let opening = json!({"index": index, "id": call.id, "type": "function",
+                    "function": {"name": call.name, "arguments": ""}});
+                let delta = if index == 0 {
+                    json!({"role": "assistant", "content": null, "tool_calls": [opening],
+                        "refusal": null})
+                } else {
+                    json!({"tool_calls": [opening]})
+                };
+                events.push(chunk(delta, Value::Null));
+                for piece in split_pieces(&call.arguments, 3) {
+                    events.push(chunk(
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                        Value::Null,
+                    ));
+                }
+            }
+        }
+    }
+    events.push(chunk(json!({}), json!(finish)));
+    if include_usage {
+        let c = json!({"id": id, "object": "chat.completion.chunk", "created": created,
+            "model": model, "service_tier": "default", "system_fingerprint": "fp_mock",
+            "choices": [], "usage": usage});
         events.push(format!("data: {c}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_owned());
@@ -289,6 +645,7 @@ fn respond(request: &Recorded) -> Reply {
                 {"id": "gpt-4o-mock", "object": "model", "created": 1_715_367_049u64, "owned_by": "system"},
                 {"id": "gpt-4o-mini-mock", "object": "model", "created": 1_721_172_741u64, "owned_by": "system"}]}),
         ),
+        ("POST", "/v1/chat/completions") if model == "mock-agent" => agent_chat(request, &body),
         ("POST", "/v1/chat/completions") => chat(request, &body),
         ("POST", "/v1/responses") => responses(request, &body),
         _ => error_reply(

@@ -1,168 +1,134 @@
-//! The governed Chat Completions loop (plain responses), with a scripted
-//! upstream: what the client receives and what the upstream is sent, round by
-//! round, and a receipt log that verifies afterwards.
+//! Governed Chat Completions through the real server, plain responses: the mock
+//! upstream answers round by round from a script, and each test checks what the
+//! client receives, what the upstream was sent, and the receipt log (which must
+//! verify afterwards).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::mock::{MockUpstream, Reply};
-use tollgate::kernel::Kernel;
-use tollgate::kernel::policy::Policy;
-use tollgate::receipt::{LogOptions, Receipt, ReceiptLog};
-use tollgate::tools::http::HttpTool;
-use tollgate::turn::chat::{Caller, GovernError, Governance, Settings};
+use crate::common::{Binary, TestProxy, WAIT, client, run_binary};
+use tollgate::cli::ServeArgs;
 
-const POLICY: &str = r#"
+pub const POLICY: &str = r#"
 hushspec: "0.1.0"
 rules:
   tool_access:
     block: [shell_exec]
     require_confirmation: [deploy]
     default: allow
-  velocity:
-    max_invocations: 50
-    window_seconds: 60
+  shell_commands:
+    forbidden_patterns: ['rm\s+-rf']
 "#;
 
-struct Harness {
-    gov: Governance,
-    dir: tempfile::TempDir,
-    key: ed25519_dalek::SigningKey,
-    _tool_server: Option<MockUpstream>,
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// A governed proxy in front of a scripted upstream.
+pub struct Gov {
+    pub upstream: MockUpstream,
+    pub proxy: TestProxy,
+    pub tool: Option<MockUpstream>,
+    _dir: tempfile::TempDir,
 }
 
-async fn harness(policy: &str, tool_server: Option<MockUpstream>, max_rounds: u32) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-    let receipts = ReceiptLog::open(
-        &dir.path().join("receipts.jsonl"),
-        key.clone(),
-        LogOptions::default(),
+/// The configuration lines of the governed weather tool served by `tool`.
+pub fn weather_tool(tool: &MockUpstream, timeout_ms: u64) -> String {
+    format!(
+        "[[tools.http]]\nname = \"weather__current\"\nurl = \"{}/weather\"\ndescription = \"Current weather for a city\"\nparameters = {{ type = \"object\", properties = {{ city = {{ type = \"string\" }} }}, required = [\"city\"] }}\nhas_side_effects = false\ntimeout_ms = {timeout_ms}\n",
+        tool.url()
     )
-    .unwrap();
-    let tools = match &tool_server {
-        Some(server) => vec![
-            HttpTool::new(
-                toml::from_str(&format!(
-                    "name = \"weather__current\"\nurl = \"{}/weather\"\ndescription = \"Weather\"\nparameters = {{ type = \"object\", properties = {{ city = {{ type = \"string\" }} }}, required = [\"city\"] }}\nhas_side_effects = false\ntimeout_ms = 2000\n",
-                    server.url()
-                ))
-                .unwrap(),
-            )
-            .unwrap(),
-        ],
-        None => Vec::new(),
-    };
-    Harness {
-        gov: Governance::new(
-            Kernel::new(Policy::from_text(policy, "test").unwrap()),
-            receipts,
-            tools,
-            Settings {
-                max_rounds,
-                server_id: "gw-test".into(),
-                splice_turns: 64,
-                splice_ttl: Duration::from_secs(600),
-            },
-        )
-        .unwrap(),
-        dir,
-        key,
-        _tool_server: tool_server,
+}
+
+/// Starts a proxy with `policy`, top-level `settings` lines, and the weather tool
+/// when a tool server is given.
+pub async fn start(policy: &str, settings: &str, tool: Option<MockUpstream>) -> Gov {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, policy).unwrap();
+    let mut toml = format!("policy = {:?}\n{settings}\n", policy_file.display());
+    if let Some(tool) = &tool {
+        toml.push_str(&weather_tool(tool, 1000));
+    }
+    let upstream = MockUpstream::start().await;
+    let proxy = TestProxy::start_with(
+        ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            upstream: Some(upstream.url()),
+            ..ServeArgs::default()
+        },
+        &toml,
+    )
+    .await;
+    Gov {
+        upstream,
+        proxy,
+        tool,
+        _dir: dir,
     }
 }
 
-impl Harness {
-    async fn run(&self, request_id: &str, mut request: Value, script: &Script) -> Value {
-        self.gov.prepare(&caller(), &mut request).unwrap();
-        self.gov
-            .run(&caller(), request_id, request, script.upstream())
+impl Gov {
+    /// Sends a Chat Completions request as a client would.
+    pub async fn chat(&self, body: &Value) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let response = client()
+            .post(format!("{}/v1/chat/completions", self.proxy.url))
+            .bearer_auth("sk-test-key")
+            .json(body)
+            .send()
             .await
-            .unwrap()
-            .response
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, value)
     }
 
-    fn receipts(&self) -> Vec<Receipt> {
-        std::fs::read_to_string(self.dir.path().join("receipts.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+    /// What the upstream was sent, parsed.
+    pub fn sent(&self) -> Vec<Value> {
+        self.upstream
+            .received()
+            .iter()
+            .map(|r| serde_json::from_slice(&r.body).unwrap())
             .collect()
     }
 
-    fn verify(&self) {
-        let report = tollgate::receipt::verify::verify(
-            &[self.dir.path().join("receipts.jsonl")],
-            &[self.key.verifying_key()],
-        );
-        assert!(report.ok(), "{:?}", report.failure);
-    }
-}
-
-/// An upstream that answers from a script and records what it was sent.
-#[derive(Clone, Default)]
-struct Script {
-    answers: Arc<Mutex<VecDeque<Value>>>,
-    sent: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Script {
-    fn new(answers: Vec<Value>) -> Self {
-        Self {
-            answers: Arc::new(Mutex::new(answers.into())),
-            sent: Arc::default(),
+    /// Queues upstream answers.
+    pub fn script(&self, answers: Vec<Value>) {
+        for answer in answers {
+            self.upstream.push(Reply::json(answer.to_string()));
         }
     }
-
-    fn upstream(&self) -> impl FnMut(Value) -> std::future::Ready<Result<Value, GovernError>> + '_ {
-        move |request| {
-            self.sent.lock().unwrap().push(request);
-            std::future::ready(Ok(self
-                .answers
-                .lock()
-                .unwrap()
-                .pop_front()
-                .expect("the upstream was called once too often")))
-        }
-    }
-
-    fn sent(&self) -> Vec<Value> {
-        self.sent.lock().unwrap().clone()
-    }
 }
 
-fn calls(calls: &[(&str, &str, &str)]) -> Value {
+/// A model turn with these calls: `(id, name, arguments)`.
+pub fn calls(calls: &[(&str, &str, &str)]) -> Value {
     let list: Vec<Value> = calls
         .iter()
         .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
         .collect();
-    json!({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o",
+    json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": list}, "finish_reason": "tool_calls"}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
 }
 
-fn text(content: &str) -> Value {
-    json!({"id": "chatcmpl-2", "object": "chat.completion", "model": "gpt-4o",
+/// A final text turn.
+pub fn text(content: &str) -> Value {
+    json!({"id": "chatcmpl-2", "object": "chat.completion", "created": 2, "model": "gpt-4o",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27}})
 }
 
-fn request() -> Value {
+/// A client request declaring the client's own tools `lookup`, `shell_exec`
+/// and `deploy`.
+pub fn request() -> Value {
+    let tool = |name: &str| json!({"type": "function", "function": {"name": name, "parameters": {"type": "object"}}});
     json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "go"}],
-        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]})
+        "tools": [tool("lookup"), tool("shell_exec"), tool("deploy")]})
 }
 
-fn caller() -> Caller {
-    Caller {
-        agent_id: "key:0123456789abcdef".into(),
-        scope: None,
-    }
-}
-
-fn tool_messages(request: &Value) -> Vec<(String, String)> {
+/// The `(tool_call_id, content)` of every tool message of a request.
+pub fn tool_messages(request: &Value) -> Vec<(String, String)> {
     request["messages"]
         .as_array()
         .unwrap()
@@ -177,199 +143,613 @@ fn tool_messages(request: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Checks the pairing rules on a conversation the upstream was sent: every
+/// assistant call answered by exactly one tool message right after it, and no
+/// tool message without its call.
+pub fn assert_paired(request: &Value) {
+    let messages = request["messages"].as_array().unwrap();
+    let mut i = 0;
+    while i < messages.len() {
+        let m = &messages[i];
+        assert_ne!(m["role"], "tool", "a tool message without its call at {i}");
+        i += 1;
+        if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+            let mut ids: Vec<&str> = calls.iter().map(|c| c["id"].as_str().unwrap()).collect();
+            while i < messages.len() && messages[i]["role"] == "tool" {
+                let id = messages[i]["tool_call_id"].as_str().unwrap();
+                let at = ids
+                    .iter()
+                    .position(|x| *x == id)
+                    .unwrap_or_else(|| panic!("tool message {id} answers no open call"));
+                ids.remove(at);
+                i += 1;
+            }
+            assert!(ids.is_empty(), "calls left unanswered: {ids:?}");
+        }
+    }
+}
+
 #[tokio::test]
-async fn a_denied_call_is_answered_to_the_model_and_the_client_gets_the_final_answer() {
-    let h = harness(POLICY, None, 8).await;
-    let script = Script::new(vec![
+async fn an_allowed_client_call_reaches_the_client_with_its_receipt() {
+    let g = start(POLICY, "", None).await;
+    g.script(vec![calls(&[("call_a", "lookup", r#"{"q":"x"}"#)])]);
+    let (status, headers, out) = g.chat(&request()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        out["choices"][0]["message"]["tool_calls"][0]["id"],
+        "call_a"
+    );
+    assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0]["decision"], "allow");
+    assert_eq!(receipts[0]["action"]["tool_call_id"], "call_a");
+    assert_eq!(
+        receipts[0]["request_id"],
+        headers["x-tollgate-request-id"].to_str().unwrap()
+    );
+    // The agent id is derived from the key; the key itself is nowhere.
+    let agent = receipts[0]["agent_id"].as_str().unwrap();
+    assert!(agent.starts_with("key:") && agent.len() == 20, "{agent}");
+    let log = std::fs::read_to_string(&g.proxy.receipts).unwrap();
+    assert!(!log.contains("sk-test-key"));
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_denied_call_goes_back_to_the_model_and_the_client_gets_the_final_answer() {
+    let g = start(POLICY, "", None).await;
+    g.script(vec![
         calls(&[("call_x", "shell_exec", r#"{"cmd":"ls"}"#)]),
         text("I cannot run that."),
     ]);
-    let out = h.run("tgr_1", request(), &script).await;
+    let (status, _, out) = g.chat(&request()).await;
+    assert_eq!(status, 200);
     assert_eq!(
         out["choices"][0]["message"]["content"],
         "I cannot run that."
     );
-    assert_eq!(
-        out["usage"]["total_tokens"], 42,
-        "usage is summed over rounds"
-    );
-    let sent = script.sent();
+    assert!(out["choices"][0]["message"].get("tool_calls").is_none());
+    assert_eq!(out["usage"]["total_tokens"], 42, "usage summed over rounds");
+    let sent = g.sent();
     assert_eq!(sent.len(), 2);
+    assert_paired(&sent[1]);
     let answers = tool_messages(&sent[1]);
     assert_eq!(answers.len(), 1);
     assert_eq!(answers[0].0, "call_x");
     let denial: Value = serde_json::from_str(&answers[0].1).unwrap();
     assert_eq!(denial["error"]["type"], "tool_call_denied");
     assert_eq!(denial["error"]["code"], "tool_access.block");
-    let receipts = h.receipts();
+    assert!(denial["error"]["recovery"].as_array().unwrap().len() >= 2);
+    let receipts = g.proxy.receipt_lines();
     assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0]["decision"], "deny");
+    assert_eq!(denial["error"]["receipt_id"], receipts[0]["receipt_id"]);
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_forbidden_argument_is_denied_with_the_rule_that_matched() {
+    let g = start(POLICY, "", None).await;
+    g.script(vec![
+        calls(&[("call_l", "lookup", r#"{"q":"please rm -rf the build"}"#)]),
+        text("Not allowed."),
+    ]);
+    let (_, _, out) = g.chat(&request()).await;
+    assert_eq!(out["choices"][0]["message"]["content"], "Not allowed.");
+    let denial: Value = serde_json::from_str(&tool_messages(&g.sent()[1])[0].1).unwrap();
     assert_eq!(
-        denial["error"]["receipt_id"],
-        receipts[0].receipt_id.as_str()
+        denial["error"]["code"],
+        "shell_commands.forbidden_patterns[0]"
     );
-    assert_eq!(receipts[0].decision, "deny");
-    assert_eq!(receipts[0].request_id, "tgr_1");
-    h.verify();
+    g.proxy.verify_receipts();
 }
 
 #[tokio::test]
 async fn a_governed_tool_runs_and_only_the_final_answer_reaches_the_client() {
-    let server = MockUpstream::start().await;
-    server.push(Reply::json("{\"temp_c\":18}"));
-    let h = harness(POLICY, Some(server), 8).await;
-    let script = Script::new(vec![
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::json("{\"temp_c\":18}"));
+    let g = start(POLICY, "", Some(tool)).await;
+    g.script(vec![
         calls(&[("call_w", "weather__current", r#"{"city":"Paris"}"#)]),
         text("18 degrees."),
     ]);
-    let out = h.run("tgr_2", request(), &script).await;
+    let (_, _, out) = g.chat(&request()).await;
     assert_eq!(out["choices"][0]["message"]["content"], "18 degrees.");
-    let sent = script.sent();
-    // The governed tool was offered to the model, beside the client's own.
+    let sent = g.sent();
     let names: Vec<&str> = sent[0]["tools"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t["function"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["lookup", "weather__current"]);
+    assert_eq!(
+        names,
+        ["lookup", "shell_exec", "deploy", "weather__current"]
+    );
     assert_eq!(
         tool_messages(&sent[1]),
         [("call_w".to_owned(), "{\"temp_c\":18}".to_owned())]
     );
-    assert_eq!(h.receipts()[0].metadata["route"], "governed");
-    h.verify();
+    assert_paired(&sent[1]);
+    // The tool got the model's arguments as JSON.
+    let tool_request = &g.tool.as_ref().unwrap().received()[0];
+    assert_eq!(tool_request.target, "/weather");
+    let args: Value = serde_json::from_slice(&tool_request.body).unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts[0]["metadata"]["route"], "governed");
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn governed_tool_failures_and_timeouts_become_error_outputs() {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::Full {
+        status: 500,
+        headers: vec![],
+        body: "boom".into(),
+    });
+    tool.push(Reply::Hang);
+    let g = start(POLICY, "", Some(tool)).await;
+    g.script(vec![
+        calls(&[("call_1", "weather__current", r#"{"city":"Paris"}"#)]),
+        text("It failed."),
+        calls(&[("call_2", "weather__current", r#"{"city":"Oslo"}"#)]),
+        text("It timed out."),
+        calls(&[("call_3", "weather__current", r#"{"town":"Oslo"}"#)]),
+        text("Bad arguments."),
+    ]);
+    for expected in ["tool_failed", "tool_timeout", "invalid_arguments"] {
+        let (status, _, _) = tokio::time::timeout(WAIT, g.chat(&request()))
+            .await
+            .expect("a failing tool must not hang the request");
+        assert_eq!(status, 200);
+        let sent = g.sent();
+        let answer = &tool_messages(sent.last().unwrap())[0].1;
+        assert!(answer.contains(expected), "{expected}: {answer}");
+    }
+    // Schema-invalid arguments never reached the tool.
+    assert_eq!(g.tool.as_ref().unwrap().received().len(), 2);
+    g.proxy.verify_receipts();
 }
 
 #[tokio::test]
 async fn parallel_calls_with_one_denied_then_the_follow_up_is_spliced() {
-    let h = harness(POLICY, None, 8).await;
-    let script = Script::new(vec![
+    let g = start(POLICY, "", None).await;
+    g.script(vec![
         calls(&[
             ("call_a", "lookup", r#"{"q":"x"}"#),
             ("call_b", "shell_exec", r#"{"cmd":"rm"}"#),
         ]),
         text("Found it."),
     ]);
-    let out = h.run("tgr_3", request(), &script).await;
-    // The client sees only its own call.
+    let (_, _, out) = g.chat(&request()).await;
     let seen = out["choices"][0]["message"]["tool_calls"]
         .as_array()
         .unwrap();
-    assert_eq!(seen.len(), 1);
+    assert_eq!(seen.len(), 1, "only the client's allowed call");
     assert_eq!(seen[0]["id"], "call_a");
     assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
-    let receipts = h.receipts();
+    let receipts = g.proxy.receipt_lines();
     assert_eq!(receipts.len(), 2, "one receipt per call");
     assert_eq!(
-        (receipts[0].decision.as_str(), receipts[1].decision.as_str()),
-        ("allow", "deny")
+        (
+            receipts[0]["decision"].as_str(),
+            receipts[1]["decision"].as_str()
+        ),
+        (Some("allow"), Some("deny"))
     );
 
-    // The client answers its call; the upstream sees the whole turn, every call answered.
+    // The client answers its own call; the upstream sees the whole turn.
     let mut follow_up = request();
     let messages = follow_up["messages"].as_array_mut().unwrap();
     messages.push(out["choices"][0]["message"].clone());
     messages.push(json!({"role": "tool", "tool_call_id": "call_a", "content": "result a"}));
-    let out = h.run("tgr_4", follow_up, &script).await;
+    let (_, _, out) = g.chat(&follow_up).await;
     assert_eq!(out["choices"][0]["message"]["content"], "Found it.");
-    let sent = script.sent();
-    let last = &sent[1]["messages"];
+    let sent = g.sent();
+    assert_eq!(sent.len(), 2);
+    assert_paired(&sent[1]);
     assert_eq!(
-        last[1]["tool_calls"].as_array().unwrap().len(),
-        2,
-        "the full assistant turn is restored"
+        sent[1]["messages"][1]["tool_calls"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
     );
     let answers = tool_messages(&sent[1]);
-    assert_eq!(
-        answers
-            .iter()
-            .map(|(id, _)| id.as_str())
-            .collect::<Vec<_>>(),
-        ["call_a", "call_b"]
-    );
+    let ids: Vec<&str> = answers.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["call_a", "call_b"]);
     assert_eq!(answers[0].1, "result a");
     assert!(answers[1].1.contains("tool_call_denied"));
-    h.verify();
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_follow_up_missing_a_result_of_a_remembered_turn_is_a_400() {
+    let g = start(POLICY, "", None).await;
+    g.script(vec![calls(&[
+        ("call_a", "lookup", "{}"),
+        ("call_c", "lookup", "{}"),
+        ("call_b", "shell_exec", "{}"),
+    ])]);
+    let (_, _, out) = g.chat(&request()).await;
+    let mut follow_up = request();
+    let messages = follow_up["messages"].as_array_mut().unwrap();
+    messages.push(out["choices"][0]["message"].clone());
+    messages.push(json!({"role": "tool", "tool_call_id": "call_a", "content": "a"}));
+    let (status, _, body) = g.chat(&follow_up).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "incomplete_tool_results");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("call_c")
+    );
+    assert_eq!(g.sent().len(), 1, "nothing went upstream");
 }
 
 #[tokio::test]
 async fn the_loop_stops_after_max_rounds_and_says_so() {
-    let h = harness(POLICY, None, 3).await;
-    let script = Script::new(
+    let g = start(POLICY, "max_rounds = 3", None).await;
+    g.script(
         (0..3)
             .map(|i| calls(&[(&format!("call_{i}"), "shell_exec", "{}")]))
             .collect(),
     );
-    let out = h.run("tgr_5", request(), &script).await;
-    assert!(
-        out["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("after 3 rounds")
-    );
+    let (status, _, out) = g.chat(&request()).await;
+    assert_eq!(status, 200);
+    let content = out["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("after 3 rounds"), "{content}");
     assert_eq!(out["choices"][0]["finish_reason"], "stop");
     assert!(out["choices"][0]["message"].get("tool_calls").is_none());
-    let receipts = h.receipts();
+    assert_eq!(g.sent().len(), 3);
+    assert_eq!(out["usage"]["total_tokens"], 45);
+    let receipts = g.proxy.receipt_lines();
     assert_eq!(receipts.len(), 4);
-    assert_eq!(receipts[3].reason.code, "max_rounds");
-    h.verify();
+    assert_eq!(receipts[3]["reason"]["code"], "max_rounds");
+    g.proxy.verify_receipts();
 }
 
 #[tokio::test]
-async fn a_failing_governed_tool_gives_the_model_an_error_output() {
-    let server = MockUpstream::start().await;
-    server.push(Reply::Hang);
-    let h = harness(POLICY, Some(server), 8).await;
-    let script = Script::new(vec![
-        calls(&[("call_w", "weather__current", r#"{"city":"Paris"}"#)]),
-        text("The tool failed."),
-    ]);
-    let out = tokio::time::timeout(crate::common::WAIT, h.run("tgr_6", request(), &script))
+async fn velocity_over_the_limit_is_denied() {
+    let policy = format!("{POLICY}  velocity:\n    max_invocations: 2\n    window_seconds: 60\n");
+    let g = start(&policy, "", None).await;
+    for n in 0..3 {
+        g.script(vec![calls(&[(&format!("call_{n}"), "lookup", "{}")])]);
+    }
+    g.script(vec![text("Slowing down.")]);
+    for _ in 0..2 {
+        let (_, _, out) = g.chat(&request()).await;
+        assert_eq!(out["choices"][0]["finish_reason"], "tool_calls");
+    }
+    let (_, _, out) = g.chat(&request()).await;
+    assert_eq!(out["choices"][0]["message"]["content"], "Slowing down.");
+    let denial = &tool_messages(g.sent().last().unwrap())[0].1;
+    assert!(denial.contains("\"code\":\"velocity\""), "{denial}");
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn clashing_names_and_unreadable_bodies_are_400s_and_nothing_goes_upstream() {
+    let tool = MockUpstream::start().await;
+    let g = start(POLICY, "", Some(tool)).await;
+    let mut clash = request();
+    clash["tools"] = json!([{"type": "function", "function": {"name": "weather__current"}}]);
+    let (status, _, body) = g.chat(&clash).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "tool_name_conflict");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("weather__current")
+    );
+    let response = client()
+        .post(format!("{}/v1/chat/completions", g.proxy.url))
+        .body("{not json")
+        .send()
         .await
-        .expect("a hung tool must not hang the request");
-    assert_eq!(out["choices"][0]["message"]["content"], "The tool failed.");
-    let answer = &tool_messages(&script.sent()[1])[0].1;
-    assert!(answer.contains("tool_timeout"), "{answer}");
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let mut several = request();
+    several["n"] = json!(2);
+    let (status, _, body) = g.chat(&several).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], Value::Null);
+    assert!(g.upstream.received().is_empty());
 }
 
 #[tokio::test]
+async fn an_upstream_error_in_the_first_round_reaches_the_client_unchanged() {
+    let g = start(POLICY, "", None).await;
+    let body = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+    g.upstream.push(Reply::Full {
+        status: 429,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("retry-after".into(), "3".into()),
+        ],
+        body: body.into(),
+    });
+    let response = client()
+        .post(format!("{}/v1/chat/completions", g.proxy.url))
+        .json(&request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "3");
+    assert_eq!(response.text().await.unwrap(), body);
+}
+
+#[tokio::test]
+async fn a_response_without_tool_calls_keeps_its_bytes() {
+    let g = start(POLICY, "", None).await;
+    let body = "{\"id\":\"chatcmpl-9\",\n \"object\":\"chat.completion\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}";
+    g.upstream.push(Reply::json(body));
+    let response = client()
+        .post(format!("{}/v1/chat/completions", g.proxy.url))
+        .json(&request())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), body);
+    assert!(g.proxy.receipt_lines().is_empty());
+}
+
+// The command line is run synchronously while the server in this process answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_goes_from_pending_to_approved_to_consumed() {
-    let h = harness(POLICY, None, 8).await;
+    let g = start(POLICY, &format!("admin_token = {ADMIN_TOKEN:?}"), None).await;
     let deploy = || calls(&[("call_d", "deploy", r#"{"env":"prod"}"#)]);
-    let script = Script::new(vec![
-        deploy(),
-        text("Waiting for approval."),
-        deploy(),
-        text("Deployed."),
-    ]);
-    h.run("tgr_7", request(), &script).await;
-    let pending: Value = serde_json::from_str(&tool_messages(&script.sent()[1])[0].1).unwrap();
+    g.script(vec![deploy(), text("Waiting for approval.")]);
+    let (_, _, out) = g.chat(&request()).await;
+    assert_eq!(
+        out["choices"][0]["message"]["content"],
+        "Waiting for approval."
+    );
+    let pending: Value = serde_json::from_str(&tool_messages(&g.sent()[1])[0].1).unwrap();
+    assert_eq!(pending["error"]["type"], "tool_call_pending_approval");
     assert_eq!(pending["error"]["code"], "approval_pending");
-    let id = h.gov.kernel().approvals().list()[0].id.clone();
-    assert!(pending["error"]["message"].as_str().unwrap().contains(&id));
-    assert!(h.gov.kernel().approvals().approve(&id));
-    // The same call again is relayed to the client (deploy is the client's tool).
-    let out = h.run("tgr_8", request(), &script).await;
+    let id = pending["error"]["approval_id"].as_str().unwrap().to_owned();
+
+    // The admin API wants its token.
+    let http = client();
+    let list = |token: &str| {
+        http.get(format!("{}/tollgate/approvals", g.proxy.url))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(list("wrong-token-0123456789").await.unwrap().status(), 401);
+    let listed: Value = list(ADMIN_TOKEN).await.unwrap().json().await.unwrap();
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+    assert_eq!(listed["data"][0]["state"], "pending");
+    assert_eq!(listed["data"][0]["tool"], "deploy");
+
+    // The command line, against the running server.
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let (code, out, err) = run_binary(
+        &["approvals", "list", "--url", &g.proxy.url],
+        dir.path(),
+        &env,
+    );
+    assert!(code.success(), "{err}");
+    assert!(out.contains(&id) && out.contains("pending"), "{out}");
+    let (code, out, err) = run_binary(
+        &["approvals", "approve", &id, "--url", &g.proxy.url],
+        dir.path(),
+        &env,
+    );
+    assert!(code.success(), "{err}");
+    assert!(out.contains("approved"), "{out}");
+    let (code, _, err) = run_binary(
+        &["approvals", "reject", &id, "--url", &g.proxy.url],
+        dir.path(),
+        &env,
+    );
+    assert!(!code.success(), "an approved request cannot be rejected");
+    assert!(err.contains("not pending"), "{err}");
+
+    // The same call again runs once: relayed to the client, which owns deploy.
+    g.script(vec![deploy()]);
+    let (_, _, out) = g.chat(&request()).await;
     assert_eq!(
         out["choices"][0]["message"]["tool_calls"][0]["id"],
         "call_d"
     );
-    let receipts = h.receipts();
-    assert_eq!(receipts[0].decision, "pending");
-    assert_eq!(receipts[1].decision, "allow");
-    assert_eq!(receipts[1].reason.code, "approval_granted");
-    assert_eq!(receipts[1].metadata["approval_id"], id.as_str());
-    h.verify();
+    // And once only.
+    g.script(vec![deploy(), text("Waiting again.")]);
+    let (_, _, out) = g.chat(&request()).await;
+    assert_eq!(out["choices"][0]["message"]["content"], "Waiting again.");
+
+    let receipts = g.proxy.receipt_lines();
+    let decisions: Vec<&str> = receipts
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["pending", "system", "allow", "pending"]);
+    assert_eq!(receipts[1]["reason"]["code"], "approval_approved");
+    assert_eq!(receipts[2]["reason"]["code"], "approval_granted");
+    assert_eq!(receipts[2]["metadata"]["approval_id"], id.as_str());
+    let listed: Value = list(ADMIN_TOKEN).await.unwrap().json().await.unwrap();
+    let states: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["pending", "consumed"]);
+    g.proxy.verify_receipts();
 }
 
 #[tokio::test]
-async fn a_client_tool_named_like_a_governed_one_is_refused() {
-    let server = MockUpstream::start().await;
-    let h = harness(POLICY, Some(server), 8).await;
-    let script = Script::new(vec![]);
-    let mut clash = request();
-    clash["tools"] = json!([{"type": "function", "function": {"name": "weather__current"}}]);
-    let err = h.gov.prepare(&caller(), &mut clash).unwrap_err();
-    assert!(err.to_string().contains("weather__current"), "{err}");
-    assert!(script.sent().is_empty());
+async fn the_approvals_api_is_off_without_an_admin_token() {
+    let g = start(POLICY, "", None).await;
+    let response = client()
+        .get(format!("{}/tollgate/approvals", g.proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(g.upstream.received().is_empty());
+}
+
+/// The real binary in `tokens` mode, with its own upstream key.
+struct TokensGateway {
+    binary: Binary,
+    url: String,
+    dir: tempfile::TempDir,
+    key: ed25519_dalek::SigningKey,
+}
+
+fn tokens_gateway(upstream: &MockUpstream, tool: &MockUpstream) -> TokensGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let key = tollgate::keys::generate().unwrap();
+    let key_file = dir.path().join("issuer.pem");
+    tollgate::keys::write_signing(&key_file, &key, false).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("tollgate.toml"),
+        format!(
+            "auth = \"tokens\"\nupstream_key_env = \"TG_TEST_UPSTREAM_KEY\"\npolicy = \"policy.yaml\"\nsigning_key = \"issuer.pem\"\nreceipts = \"receipts.jsonl\"\n{}",
+            weather_tool(tool, 1000)
+        ),
+    )
+    .unwrap();
+    let mut binary = Binary::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.url(),
+        ],
+        dir.path(),
+        &[("TG_TEST_UPSTREAM_KEY", "sk-upstream-secret")],
+    );
+    let url = binary.wait_listening();
+    TokensGateway {
+        binary,
+        url,
+        dir,
+        key,
+    }
+}
+
+fn token(key: &ed25519_dalek::SigningKey, tools: &[&str]) -> String {
+    let tools: Vec<String> = tools.iter().map(|t| (*t).to_owned()).collect();
+    tollgate::kernel::token::issue(
+        key,
+        "agent-7",
+        &tools,
+        "tollgate",
+        std::time::Duration::from_secs(600),
+        std::time::SystemTime::now(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_mode_refuses_without_a_valid_token_and_bounds_tools_by_scope() {
+    let upstream = MockUpstream::start().await;
+    let tool = MockUpstream::start().await;
+    let mut gw = tokens_gateway(&upstream, &tool);
+    let http = client();
+    let post = |auth: Option<String>| {
+        let mut r = http
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .json(&request());
+        if let Some(a) = auth {
+            r = r.bearer_auth(a);
+        }
+        r.send()
+    };
+    // No token, a client's own OpenAI key, a forged token, a token of another issuer.
+    let other = tollgate::keys::generate().unwrap();
+    let mut forged = token(&gw.key, &["lookup"]);
+    forged.pop();
+    forged.push('A');
+    for auth in [
+        None,
+        Some("sk-proj-client-key".to_owned()),
+        Some(forged),
+        Some(token(&other, &["lookup"])),
+    ] {
+        let response = post(auth).await.unwrap();
+        assert_eq!(response.status(), 401);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(body["error"]["code"].as_str().unwrap().ends_with("api_key"));
+    }
+    let models = http
+        .get(format!("{}/v1/models", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 401, "every endpoint needs a token");
+    assert!(
+        upstream.received().is_empty(),
+        "no upstream call without a token"
+    );
+
+    // A valid token scoped to lookup only: the governed tool is not offered, a
+    // call outside the scope is denied, and upstream sees tollgate's own key.
+    upstream.push(Reply::json(
+        calls(&[("call_s", "shell_exec", "{}"), ("call_l", "lookup", "{}")]).to_string(),
+    ));
+    let response = post(Some(token(&gw.key, &["lookup"]))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let out: Value = response.json().await.unwrap();
+    let seen = out["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["function"]["name"], "lookup");
+    let got = &upstream.received()[0];
+    assert_eq!(got.headers["authorization"], "Bearer sk-upstream-secret");
+    let sent: Value = serde_json::from_slice(&got.body).unwrap();
+    assert!(
+        !sent.to_string().contains("weather__current"),
+        "a governed tool outside the scope is not injected"
+    );
+    let receipts: Vec<Value> = std::fs::read_to_string(gw.dir.path().join("receipts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(receipts[0]["agent_id"], "agent-7");
+    assert_eq!(receipts[0]["decision"], "deny");
+    assert_eq!(receipts[0]["reason"]["code"], "capability");
+    assert_eq!(receipts[1]["decision"], "allow");
+
+    // A wider scope sees the governed tool.
+    upstream.push(Reply::json(text("ok").to_string()));
+    let response = post(Some(token(&gw.key, &["lookup", "weather__*"])))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let sent: Value = serde_json::from_slice(&upstream.received()[1].body).unwrap();
+    assert!(sent.to_string().contains("weather__current"));
+
+    let (code, out, err) = run_binary(
+        &[
+            "receipts",
+            "verify",
+            "receipts.jsonl",
+            "--public-key",
+            "issuer.pem",
+        ],
+        gw.dir.path(),
+        &[],
+    );
+    assert!(code.success(), "{out}{err}");
+    let log = std::fs::read_to_string(gw.dir.path().join("receipts.jsonl")).unwrap();
+    assert!(!log.contains("sk-upstream-secret"));
+    gw.binary.signal("TERM");
+    assert!(gw.binary.wait_exit().success());
 }

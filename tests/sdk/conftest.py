@@ -1,14 +1,21 @@
 """Fixtures for the real-SDK suite: the mock upstream and tollgate, both the real
 binaries built by `scripts/test`, started on 127.0.0.1 with ports chosen by the
-system, and stopped at the end of the session."""
+system, and stopped at the end of the session.
+
+`governed` (one per test module) is tollgate governing tool calls: a policy that
+blocks `shell_exec`, its own signing key and receipt log, and one governed HTTP
+tool, `weather__current`, served by a small HTTP server in this process."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
 import subprocess
 import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -129,3 +136,132 @@ def tls_tollgate(mock_url, tmp_path_factory):
     )
     yield url.replace("127.0.0.1", "localhost"), tmp / "certs" / "ca.pem"
     proc.stop()
+
+
+# The policy of the `governed` fixture: every tool is allowed except `shell_exec`.
+BLOCK_SHELL_EXEC = """\
+hushspec: "0.1.0"
+name: sdk-block-shell-exec
+rules:
+  tool_access:
+    block: [shell_exec]
+    default: allow
+"""
+
+
+class ToolServer:
+    """The governed HTTP tool: `POST /weather` with `{"city": ...}` answers
+    `{"city": ..., "temp_c": 18}`. Every request body it receives is recorded."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = {"unparsed": raw.decode("utf-8", "replace")}
+                server.requests.append({"path": self.path, "body": body})
+                if self.path != "/weather" or not isinstance(body, dict):
+                    self.send_error(404)
+                    return
+                answer = json.dumps({"city": body.get("city"), "temp_c": 18}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format, *args) -> None:  # noqa: A002
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def bodies(self, path: str = "/weather") -> list[dict]:
+        return [r["body"] for r in self.requests if r["path"] == path]
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@dataclass
+class Governed:
+    """A running governing tollgate and the files it writes."""
+
+    url: str
+    dir: Path
+    receipts: Path
+    signing_key: Path
+    public_key: Path
+    tools: ToolServer
+    proc: Process = field(repr=False)
+
+    def receipt_lines(self) -> list[dict]:
+        if not self.receipts.exists():
+            return []
+        return [json.loads(line) for line in self.receipts.read_text().splitlines() if line.strip()]
+
+    def verify(self, *keys: Path, log: Path | None = None) -> subprocess.CompletedProcess:
+        args = [str(TOLLGATE), "receipts", "verify", str(log or self.receipts)]
+        for key in keys:
+            args += ["--public-key", str(key)]
+        return subprocess.run(args, cwd=self.dir, capture_output=True, text=True, timeout=WAIT_SECONDS)
+
+
+def generate_key(out: Path) -> Path:
+    """Writes a signing key with `tollgate keys generate` and returns the path of a
+    file holding its public half (as printed by the command)."""
+    done = subprocess.run(
+        [str(TOLLGATE), "keys", "generate", "--out", str(out)],
+        capture_output=True, text=True, check=True, timeout=WAIT_SECONDS,
+    )
+    begin = done.stdout.index("-----BEGIN PUBLIC KEY-----")
+    end = done.stdout.index("-----END PUBLIC KEY-----") + len("-----END PUBLIC KEY-----")
+    public = out.with_name(out.stem + ".pub.pem")
+    public.write_text(done.stdout[begin:end] + "\n")
+    return public
+
+
+def start_governed(upstream: str, tmp: Path, policy: str = BLOCK_SHELL_EXEC) -> Governed:
+    tools = ToolServer()
+    (tmp / "policy.yaml").write_text(policy)
+    (tmp / "tollgate.toml").write_text(
+        f"""\
+[[tools.http]]
+name = "weather__current"
+url = "{tools.url}/weather"
+description = "Current weather for a city"
+parameters = {{ type = "object", properties = {{ city = {{ type = "string" }} }}, required = ["city"] }}
+has_side_effects = false
+timeout_ms = 5000
+"""
+    )
+    public = generate_key(tmp / "signing-key.pem")
+    proc, url = start_tollgate(
+        upstream,
+        tmp,
+        "--config", str(tmp / "tollgate.toml"),
+        "--policy", str(tmp / "policy.yaml"),
+        "--receipts", str(tmp / "receipts.jsonl"),
+        "--signing-key", str(tmp / "signing-key.pem"),
+    )
+    return Governed(url, tmp, tmp / "receipts.jsonl", tmp / "signing-key.pem", public, tools, proc)
+
+
+@pytest.fixture(scope="module")
+def governed(mock_url, tmp_path_factory):
+    """A governing tollgate of this test module's own (policy blocking `shell_exec`,
+    governed tool `weather__current`, signing key and receipt log in a temporary
+    directory)."""
+    g = start_governed(mock_url, tmp_path_factory.mktemp("governed"))
+    yield g
+    g.proc.stop()
+    g.tools.stop()
