@@ -12,13 +12,16 @@
 //! - `properties`: generated inputs against normalisation and decisions;
 //! - `receipts`: the signed, chained log and its verifier;
 //! - `tools`: governed HTTP tools;
-//! - `governance`: the governed Chat Completions loop with a scripted upstream.
+//! - `governance`: governed Chat Completions, plain, with a scripted upstream;
+//! - `chat_stream`: governed Chat Completions streams.
 
 // Tests may unwrap: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+#[path = "integration/chat_stream.rs"]
+mod chat_stream;
 #[path = "integration/conformance.rs"]
 mod conformance;
 #[path = "integration/failures.rs"]

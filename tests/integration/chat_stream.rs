@@ -1,0 +1,469 @@
+//! Governed Chat Completions streams through the real server: the mock upstream
+//! streams each round in the real chunk format, and each test checks the one
+//! stream the client receives (text as it comes, tool calls whole and only when
+//! allowed, contiguous indices, one finish, one `[DONE]`), what the upstream was
+//! sent in later rounds, and the receipt log.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::common::mock::{MockUpstream, Reply};
+use crate::common::{WAIT, client, shared_fixtures};
+use crate::governance::{POLICY, assert_paired, request, start, tool_messages};
+
+/// One `data:` event of a chunk with this delta and finish reason.
+fn chunk(delta: Value, finish: Value) -> Bytes {
+    let c = json!({"id": "chatcmpl-s1", "object": "chat.completion.chunk", "created": 1,
+        "model": "gpt-4o", "system_fingerprint": "fp_test",
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+    Bytes::from(format!("data: {c}\n\n"))
+}
+
+fn usage_chunk(prompt: u64, completion: u64) -> Bytes {
+    let c = json!({"id": "chatcmpl-s1", "object": "chat.completion.chunk", "created": 1,
+        "model": "gpt-4o", "choices": [],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}});
+    Bytes::from(format!("data: {c}\n\n"))
+}
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// A text round: role, the parts, finish `stop`, usage, `[DONE]`.
+fn sse_text(parts: &[&str]) -> Vec<Bytes> {
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for p in parts {
+        out.push(chunk(json!({"content": p}), Value::Null));
+    }
+    out.push(chunk(json!({}), json!("stop")));
+    out.push(usage_chunk(20, 7));
+    out.push(Bytes::from_static(DONE));
+    out
+}
+
+/// A round of tool calls `(id, name, argument fragments)`, streamed as the API
+/// does: the first fragment of each call with its id and name.
+fn sse_calls(calls: &[(&str, &str, &[&str])]) -> Vec<Bytes> {
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": null}),
+        Value::Null,
+    )];
+    for (index, (id, name, fragments)) in calls.iter().enumerate() {
+        out.push(chunk(
+            json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        for f in *fragments {
+            out.push(chunk(
+                json!({"tool_calls": [{"index": index, "function": {"arguments": f}}]}),
+                Value::Null,
+            ));
+        }
+    }
+    out.push(chunk(json!({}), json!("tool_calls")));
+    out.push(usage_chunk(10, 5));
+    out.push(Bytes::from_static(DONE));
+    out
+}
+
+/// What a client read from a stream.
+struct Received {
+    raw: String,
+    chunks: Vec<Value>,
+    done: usize,
+}
+
+impl Received {
+    fn text(&self) -> String {
+        self.chunks
+            .iter()
+            .filter_map(|c| {
+                c.pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+            })
+            .collect()
+    }
+
+    fn finishes(&self) -> Vec<String> {
+        self.chunks
+            .iter()
+            .filter_map(|c| {
+                c.pointer("/choices/0/finish_reason")
+                    .and_then(Value::as_str)
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The tool calls as an SDK assembles them: `(index, id, name, arguments)`.
+    fn calls(&self) -> Vec<(u64, String, String, String)> {
+        let mut calls: Vec<(u64, String, String, String)> = Vec::new();
+        for c in &self.chunks {
+            let Some(list) = c
+                .pointer("/choices/0/delta/tool_calls")
+                .and_then(Value::as_array)
+            else {
+                continue;
+            };
+            for f in list {
+                let index = f["index"].as_u64().unwrap();
+                let at = match calls.iter().position(|(i, ..)| *i == index) {
+                    Some(at) => at,
+                    None => {
+                        calls.push((index, String::new(), String::new(), String::new()));
+                        calls.len() - 1
+                    }
+                };
+                if let Some(id) = f["id"].as_str() {
+                    calls[at].1 = id.to_owned();
+                }
+                if let Some(name) = f.pointer("/function/name").and_then(Value::as_str) {
+                    calls[at].2.push_str(name);
+                }
+                if let Some(args) = f.pointer("/function/arguments").and_then(Value::as_str) {
+                    calls[at].3.push_str(args);
+                }
+            }
+        }
+        calls
+    }
+
+    fn errors(&self) -> Vec<&Value> {
+        self.chunks
+            .iter()
+            .filter(|c| c.get("error").is_some())
+            .collect()
+    }
+
+    fn usage(&self) -> Vec<&Value> {
+        self.chunks
+            .iter()
+            .filter_map(|c| c.get("usage").filter(|u| u.is_object()))
+            .collect()
+    }
+}
+
+fn read_events(raw: String) -> Received {
+    let mut chunks = Vec::new();
+    let mut done = 0;
+    for line in raw.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done += 1;
+        } else {
+            chunks.push(serde_json::from_str(data).unwrap());
+        }
+    }
+    Received { raw, chunks, done }
+}
+
+async fn stream_chat(url: &str, mut body: Value) -> Received {
+    body["stream"] = json!(true);
+    let response = client()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth("sk-test-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    read_events(response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_allowed_call_reaches_the_client_whole_with_one_finish() {
+    let g = start(POLICY, "", None).await;
+    g.upstream.push(Reply::sse(sse_calls(&[(
+        "call_a",
+        "lookup",
+        &["{\"q\"", ":\"x\"}"],
+    )])));
+    let got = stream_chat(&g.proxy.url, request()).await;
+    assert_eq!(
+        got.calls(),
+        [(0, "call_a".into(), "lookup".into(), "{\"q\":\"x\"}".into())]
+    );
+    assert_eq!(got.finishes(), ["tool_calls"]);
+    assert_eq!(got.done, 1);
+    assert!(got.raw.ends_with("data: [DONE]\n\n"));
+    // One id for the whole stream.
+    assert!(got.chunks.iter().all(|c| c["id"] == "chatcmpl-s1"));
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0]["decision"], "allow");
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_forbidden_word_split_across_deltas_is_held_and_denied() {
+    let g = start(POLICY, "", None).await;
+    g.upstream.push(Reply::sse(sse_calls(&[(
+        "call_x",
+        "lookup",
+        &["{\"q\":\"r", "m -", "rf /tmp\"}"],
+    )])));
+    g.upstream.push(Reply::sse(sse_text(&["Not ", "allowed."])));
+    let got = stream_chat(&g.proxy.url, request()).await;
+    assert!(got.calls().is_empty(), "{}", got.raw);
+    assert!(!got.raw.contains("rm -") && !got.raw.contains("call_x"));
+    assert_eq!(got.text(), "Not allowed.");
+    assert_eq!(got.finishes(), ["stop"]);
+    assert_eq!(got.done, 1);
+    let sent = g.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1]["stream"], true);
+    assert_paired(&sent[1]);
+    let answers = tool_messages(&sent[1]);
+    assert_eq!(answers[0].0, "call_x");
+    assert!(
+        answers[0]
+            .1
+            .contains("shell_commands.forbidden_patterns[0]")
+    );
+    // The assistant turn sent back holds the call exactly as the model wrote it.
+    let assistant = &sent[1]["messages"][1];
+    assert_eq!(
+        assistant["tool_calls"][0]["function"]["arguments"],
+        "{\"q\":\"rm -rf /tmp\"}"
+    );
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_governed_tool_runs_mid_stream_and_usage_is_summed() {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::json("{\"temp_c\":18}"));
+    let g = start(POLICY, "", Some(tool)).await;
+    g.upstream.push(Reply::sse(sse_calls(&[(
+        "call_w",
+        "weather__current",
+        &["{\"city\":", "\"Paris\"}"],
+    )])));
+    g.upstream.push(Reply::sse(sse_text(&["18 ", "degrees."])));
+    let mut body = request();
+    body["stream_options"] = json!({"include_usage": true});
+    let got = stream_chat(&g.proxy.url, body).await;
+    assert!(got.calls().is_empty());
+    assert_eq!(got.text(), "18 degrees.");
+    assert_eq!(got.finishes(), ["stop"]);
+    let usage = got.usage();
+    assert_eq!(usage.len(), 1, "one usage chunk");
+    assert_eq!(usage[0]["total_tokens"], 42);
+    // Finish, then usage, then [DONE].
+    let last = got.chunks.len() - 1;
+    assert!(got.chunks[last].get("usage").is_some());
+    assert_eq!(got.chunks[last - 1]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        tool_messages(&g.sent()[1]),
+        [("call_w".to_owned(), "{\"temp_c\":18}".to_owned())]
+    );
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn parallel_calls_with_one_denied_keep_indices_contiguous_and_splice_later() {
+    let g = start(POLICY, "", None).await;
+    g.upstream.push(Reply::sse(sse_calls(&[
+        ("call_b", "shell_exec", &["{\"cmd\":\"ls\"}"]),
+        ("call_a", "lookup", &["{\"q\":", "\"x\"}"]),
+    ])));
+    let got = stream_chat(&g.proxy.url, request()).await;
+    assert_eq!(
+        got.calls(),
+        [(0, "call_a".into(), "lookup".into(), "{\"q\":\"x\"}".into())],
+        "only the allowed call, at index 0"
+    );
+    assert_eq!(got.finishes(), ["tool_calls"]);
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts.len(), 2);
+
+    // The follow-up (plain) brings the client's result; the upstream sees both.
+    g.upstream
+        .push(Reply::json(crate::governance::text("Done.").to_string()));
+    let mut follow_up = request();
+    let messages = follow_up["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"x\"}"}}]}));
+    messages.push(json!({"role": "tool", "tool_call_id": "call_a", "content": "x found"}));
+    let (status, _, out) = g.chat(&follow_up).await;
+    assert_eq!(status, 200);
+    assert_eq!(out["choices"][0]["message"]["content"], "Done.");
+    let sent = g.sent();
+    assert_paired(&sent[1]);
+    let ids: Vec<String> = tool_messages(&sent[1])
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, ["call_b", "call_a"], "the model's own order");
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn recorded_tool_call_streams_are_governed() {
+    let root = shared_fixtures().join("recorded/chat");
+    for (file, id, name, arguments) in [
+        (
+            "chat-stream-tool-call-get-weather.sse",
+            "call_4XzlGBLtUe9dy3GVNV4jhq7h",
+            "get_weather",
+            r#"{"city":"New York City"}"#,
+        ),
+        (
+            "chat-stream-tool-call-strict-getweatherargs.sse",
+            "call_c91SqDXlYFuETYv8mUHzz6pp",
+            "GetWeatherArgs",
+            r#"{"city":"Edinburgh","country":"UK","units":"c"}"#,
+        ),
+    ] {
+        let recorded = Bytes::from(std::fs::read(root.join(file)).unwrap());
+        // Allowed: the client assembles the recorded call exactly.
+        let g = start(POLICY, "", None).await;
+        g.upstream.push(Reply::sse(vec![recorded.clone()]));
+        let got = stream_chat(&g.proxy.url, request()).await;
+        assert_eq!(
+            got.calls(),
+            [(0, id.into(), name.into(), arguments.into())],
+            "{file}"
+        );
+        assert_eq!(got.finishes(), ["tool_calls"], "{file}");
+        assert_eq!(got.done, 1, "{file}");
+        g.proxy.verify_receipts();
+
+        // Blocked: the call never reaches the client; the model gets the denial.
+        let blocked = format!(
+            "hushspec: \"0.1.0\"\nrules:\n  tool_access:\n    block: [{name}]\n    default: allow\n"
+        );
+        let g = start(&blocked, "", None).await;
+        g.upstream.push(Reply::sse(vec![recorded]));
+        g.upstream.push(Reply::sse(sse_text(&["I may not."])));
+        let got = stream_chat(&g.proxy.url, request()).await;
+        assert!(got.calls().is_empty(), "{file}");
+        assert!(!got.raw.contains(id), "{file}");
+        assert_eq!(got.text(), "I may not.", "{file}");
+        assert_eq!(got.finishes(), ["stop"], "{file}");
+        let sent = g.sent();
+        assert_paired(&sent[1]);
+        assert_eq!(tool_messages(&sent[1])[0].0, id);
+        g.proxy.verify_receipts();
+    }
+}
+
+#[tokio::test]
+async fn text_passes_at_once_and_an_upstream_dying_mid_call_releases_nothing() {
+    let g = start(POLICY, "", None).await;
+    let (reply, feed) = Reply::stream(
+        200,
+        vec![("content-type".into(), "text/event-stream".into())],
+    );
+    g.upstream.push(reply);
+    let mut body = request();
+    body["stream"] = json!(true);
+    let mut response = client()
+        .post(format!("{}/v1/chat/completions", g.proxy.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    feed.send(chunk(
+        json!({"role": "assistant", "content": "Let me look."}),
+        Value::Null,
+    ));
+    // The text reaches the client before the upstream sends anything else.
+    let first = tokio::time::timeout(WAIT, response.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("Let me look."));
+    feed.send(chunk(
+        json!({"tool_calls": [{"index": 0, "id": "call_cut", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":"}}]}),
+        Value::Null,
+    ));
+    feed.abort();
+    let mut rest = Vec::new();
+    while let Some(piece) = tokio::time::timeout(WAIT, response.chunk())
+        .await
+        .unwrap()
+        .unwrap_or(None)
+    {
+        rest.extend_from_slice(&piece);
+    }
+    let got = read_events(String::from_utf8(rest).unwrap());
+    assert!(got.calls().is_empty(), "{}", got.raw);
+    assert!(!got.raw.contains("call_cut"));
+    assert_eq!(got.errors().len(), 1, "{}", got.raw);
+    assert_eq!(got.done, 0);
+    assert!(g.proxy.receipt_lines().is_empty(), "nothing was decided");
+}
+
+#[tokio::test]
+async fn an_upstream_error_in_a_later_round_ends_the_stream_with_an_error_event() {
+    let g = start(POLICY, "", None).await;
+    g.upstream
+        .push(Reply::sse(sse_calls(&[("call_x", "shell_exec", &["{}"])])));
+    g.upstream.push(Reply::Full {
+        status: 500,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#.into(),
+    });
+    let got = stream_chat(&g.proxy.url, request()).await;
+    let errors = got.errors();
+    assert_eq!(errors.len(), 1, "{}", got.raw);
+    assert!(
+        errors[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("The server had an error")
+    );
+    assert_eq!(got.done, 0);
+    assert!(got.finishes().is_empty());
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_stream_stops_after_max_rounds_and_says_so() {
+    let g = start(POLICY, "max_rounds = 2", None).await;
+    for n in 0..2 {
+        g.upstream.push(Reply::sse(sse_calls(&[(
+            &format!("call_{n}"),
+            "shell_exec",
+            &["{}"],
+        )])));
+    }
+    let got = stream_chat(&g.proxy.url, request()).await;
+    assert!(got.text().contains("after 2 rounds"), "{}", got.raw);
+    assert_eq!(got.finishes(), ["stop"]);
+    assert_eq!(got.done, 1);
+    assert_eq!(g.sent().len(), 2);
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts.last().unwrap()["reason"]["code"], "max_rounds");
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_text_stream_without_calls_keeps_its_bytes() {
+    let g = start(POLICY, "", None).await;
+    let events = sse_text(&["Hello", " world"]);
+    let expected: Vec<u8> = events.iter().flat_map(|b| b.to_vec()).collect();
+    g.upstream.push(Reply::sse(events));
+    let mut body = request();
+    body["stream"] = json!(true);
+    let response = client()
+        .post(format!("{}/v1/chat/completions", g.proxy.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.bytes().await.unwrap().to_vec(), expected);
+}
