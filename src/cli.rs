@@ -363,6 +363,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
 
+    /// `govern` (default) decides every tool call; `relay` passes everything
+    /// through ungoverned, for measurement and debugging only.
+    #[arg(long, env = "TOLLGATE_MODE", value_enum)]
+    pub mode: Option<Mode>,
+
     /// How callers are identified [default: passthrough].
     #[arg(long, env = "TOLLGATE_AUTH", value_enum)]
     pub auth: Option<AuthMode>,
@@ -382,7 +387,7 @@ pub struct ServeArgs {
     pub token_audience: Option<String>,
 
     /// A file of revoked token ids (`jti`), one per line; `#` starts a comment.
-    /// Read again on SIGHUP.
+    /// Read again on SIGHUP and when the file changes.
     #[arg(long, env = "TOLLGATE_REVOKED_TOKENS")]
     pub revoked_tokens: Option<PathBuf>,
 
@@ -397,6 +402,17 @@ pub struct ServeArgs {
     /// This gateway's id, in receipts [default: tollgate].
     #[arg(long, env = "TOLLGATE_SERVER_ID")]
     pub server_id: Option<String>,
+}
+
+/// Whether tool calls are governed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Inject, inspect, decide, sign, act.
+    Govern,
+    /// Pass everything through (identity still applies); nothing is decided or
+    /// recorded.
+    Relay,
 }
 
 /// How callers are identified (SPEC section 3).

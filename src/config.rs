@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
-use crate::cli::{AuthMode, ServeArgs};
+use crate::cli::{AuthMode, Mode, ServeArgs};
 use crate::tools::http::HttpToolConfig;
 
 /// Default listen address: loopback only.
@@ -76,6 +76,7 @@ pub struct RawConfig {
     policy: Option<String>,
     receipts: Option<PathBuf>,
     signing_key: Option<PathBuf>,
+    mode: Option<Mode>,
     auth: Option<AuthMode>,
     upstream_key_env: Option<String>,
     token_keys: Option<Vec<PathBuf>>,
@@ -178,6 +179,8 @@ pub struct GovernConfig {
     /// The signing key file, if one is configured (else the default, created on
     /// first run).
     pub signing_key: Option<PathBuf>,
+    /// Govern, or only relay.
+    pub mode: Mode,
     /// How callers are identified.
     pub auth: AuthMode,
     /// The variable holding the upstream key in `tokens` mode.
@@ -204,6 +207,7 @@ impl Default for GovernConfig {
             policy: PolicySource::Bundled("default".into()),
             receipts: PathBuf::from(DEFAULT_RECEIPTS),
             signing_key: None,
+            mode: Mode::Govern,
             auth: AuthMode::Passthrough,
             upstream_key_env: DEFAULT_UPSTREAM_KEY_ENV.into(),
             token_keys: Vec::new(),
@@ -332,6 +336,7 @@ impl Config {
     /// the file are taken relative to `file_dir`.
     pub fn resolve(args: &ServeArgs, raw: RawConfig, file_dir: &Path) -> Result<Self, ConfigError> {
         let raw_govern = RawGovern {
+            mode: raw.mode,
             policy: raw.policy,
             receipts: raw.receipts,
             signing_key: raw.signing_key,
@@ -458,6 +463,7 @@ impl Config {
 /// The governance keys of a file, split off so that [`Config::resolve`] can move
 /// them out of [`RawConfig`] independently.
 struct RawGovern {
+    mode: Option<Mode>,
     policy: Option<String>,
     receipts: Option<PathBuf>,
     signing_key: Option<PathBuf>,
@@ -540,6 +546,7 @@ fn resolve_govern(
             .or(raw.receipts.map(in_file))
             .unwrap_or(d.receipts),
         signing_key: args.signing_key.clone().or(raw.signing_key.map(in_file)),
+        mode: args.mode.or(raw.mode).unwrap_or(d.mode),
         auth: args.auth.or(raw.auth).unwrap_or(d.auth),
         upstream_key_env,
         token_keys: args.token_keys.clone().unwrap_or_else(|| {

@@ -256,6 +256,21 @@ impl Gateway {
         &self.policy_source
     }
 
+    /// The files [`reload`](Self::reload) reads by name: the policy file (none for
+    /// a bundled policy) and, in `tokens` mode, the revoked-token list. Files the
+    /// policy pulls in through `extends` are read too but are not listed.
+    pub fn reload_files(&self) -> Vec<PathBuf> {
+        let policy = match &self.policy_source {
+            PolicySource::File(path) => Some(path.clone()),
+            PolicySource::Bundled(_) => None,
+        };
+        let revoked = match &self.auth {
+            Auth::Tokens { revoked, .. } => revoked.clone(),
+            Auth::Passthrough => None,
+        };
+        policy.into_iter().chain(revoked).collect()
+    }
+
     /// Identifies the caller of a request. In `tokens` mode a missing or invalid
     /// token is a 401 and nothing goes upstream.
     pub fn identify(&self, headers: &HeaderMap) -> Result<Identity, ProxyError> {

@@ -14,6 +14,7 @@ use crate::cli::{CertsCommand, Cli, Command, KeysCommand, PolicyCommand, ServeAr
 use crate::config::{Config, ConfigError};
 use crate::kernel::policy::{Policy, PolicyError, testfile};
 use crate::kernel::token;
+use crate::proxy::reload::{self, Reloader};
 use crate::proxy::{ServeError, Server};
 
 /// Why a command failed.
@@ -88,11 +89,82 @@ fn serve(args: &ServeArgs) -> Result<ExitCode, CommandError> {
             tracing::info!(file = %file.display(), "configuration loaded");
         }
         let upstream = config.upstream.to_string();
+        if config.govern.mode == crate::cli::Mode::Relay {
+            tracing::warn!(
+                "mode = relay: tool calls are NOT governed, decided or recorded; use this for measurement and debugging only"
+            );
+        }
         let server = Server::bind(config).await?;
+        // Reloads run until shutdown begins. Both are set up before the server
+        // says it listens: from then on a SIGHUP must reload, never end the
+        // process (its default action), and a file change must be seen.
+        let reloader = server.reloader();
+        let (stop, stopping) = tokio::sync::watch::channel(());
+        let until_stop = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+            // Resolves when the sender is dropped.
+            while rx.changed().await.is_ok() {}
+        };
+        let hangups = reload_on_hangup(reloader.clone(), until_stop(stopping.clone()));
+        let watcher = tokio::spawn(reloader.watch(reload::POLL_INTERVAL, until_stop(stopping)));
         tracing::info!(upstream = %upstream, "listening on {}", server.url());
-        server.run(shutdown_signal()).await;
+        server
+            .run(async move {
+                shutdown_signal().await;
+                drop(stop);
+            })
+            .await;
+        for task in hangups.into_iter().chain([watcher]) {
+            if let Err(error) = task.await {
+                tracing::warn!(%error, "policy reload task failed");
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Listens for SIGHUP and, on each, reloads the policy until `stop` resolves.
+/// The listener is in place when this returns; `None` if it cannot be (then
+/// only a file change reloads).
+#[cfg(unix)]
+fn reload_on_hangup(
+    reloader: Reloader,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use crate::proxy::reload::Trigger;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; the policy reloads only when its file changes");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => return,
+                received = hangup.recv() => if received.is_none() { return },
+            }
+            tracing::info!("SIGHUP received");
+            let reloader = reloader.clone();
+            // The outcome is logged by the reload itself.
+            let reload = tokio::task::spawn_blocking(move || reloader.reload(Trigger::Signal));
+            if let Err(error) = reload.await {
+                tracing::error!(%error, "policy reload failed; keeping the previous policy");
+            }
+        }
+    }))
+}
+
+/// No SIGHUP here: only a file change reloads.
+#[cfg(not(unix))]
+fn reload_on_hangup(
+    _reloader: Reloader,
+    _stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    None
 }
 
 fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {

@@ -6,13 +6,15 @@
 //! per-request failures left, each of which becomes a response. [`Server::run`]
 //! accepts until its shutdown future resolves, then stops accepting, marks itself
 //! not ready, and lets in-flight requests (streams included) finish within the
-//! grace period.
+//! grace period. [`Server::reloader`] hands out what reloads the policy while it
+//! runs ([`reload`]).
 
 pub mod admin;
 pub mod body;
 pub mod govern;
 pub mod headers;
 pub mod relay;
+pub mod reload;
 pub mod sse;
 pub mod tls;
 pub mod upstream;
@@ -33,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::gateway::{Gateway, GatewayError};
+use reload::Reloader;
 use upstream::UpstreamClient;
 
 /// State shared by every request.
@@ -133,6 +136,12 @@ impl Server {
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.local_addr)
+    }
+
+    /// A handle that reloads this server's policy, before or while it runs. The
+    /// watched files are read now: a change from here on is a change.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(self.shared.clone())
     }
 
     /// Serves until `shutdown` resolves, then drains.

@@ -25,6 +25,7 @@ use super::body::{
 use super::govern;
 use super::headers::{remove_hop_by_hop, section_size, wants_upgrade};
 use super::upstream;
+use crate::cli::Mode;
 use crate::error::ProxyError;
 
 /// The header carrying tollgate's id for a request, on every response.
@@ -74,7 +75,7 @@ async fn route(
     }
     admit(shared, &req)?;
     let identity = shared.gateway.identify(req.headers())?;
-    if govern::is_chat(req.method(), req.uri()) {
+    if shared.config.govern.mode == Mode::Govern && govern::is_chat(req.method(), req.uri()) {
         return govern::chat(shared, req, request_id, identity).await;
     }
     forward(shared, req, request_id, identity.upstream_authorization).await
