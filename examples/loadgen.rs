@@ -9,9 +9,17 @@
 //!   request as soon as the previous response ends: maximum throughput.
 //!
 //! Workloads: `chat-json` (a Chat Completions request of about 1 KiB with tools,
-//! JSON response) and `chat-sse` (the same with `stream: true`, 20 content events).
-//! For streams, time to first byte and to last byte are recorded too. A response
-//! that is not 200, or a stream that does not end with `[DONE]`, is an error.
+//! JSON response) and `chat-sse` (the same with `stream: true`, 20 content events);
+//! `chat-tool-json` and `chat-tool-sse` are the same requests with the header
+//! `x-mock-tool-call: 1`, so that every answer of the mock ends with one tool call
+//! to `get_weather`. For streams, time to first byte and to last byte are recorded
+//! too. A response that is not 200, a stream that does not end with `[DONE]`, or,
+//! for the tool workloads, a response whose body does not carry the call
+//! (`"name":"get_weather"`), is an error: a proxy that governs the call must also
+//! relay it.
+//!
+//! The output counts the warm-up requests that succeeded (`warmup_ok`) besides the
+//! measured ones, so that a caller can tell how many tool calls a proxy saw.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -90,6 +98,55 @@ fn chat_body(stream: bool) -> Bytes {
 struct Outcome {
     ok: u64,
     errors: u64,
+    /// The first few distinct error messages, with their counts.
+    kinds: std::collections::BTreeMap<String, u64>,
+}
+
+impl Outcome {
+    fn error(&mut self, message: String) {
+        self.errors += 1;
+        if self.kinds.len() < 8 || self.kinds.contains_key(&message) {
+            *self.kinds.entry(message).or_default() += 1;
+        }
+    }
+}
+
+/// What the workload sends and what a good answer must contain.
+#[derive(Clone, Copy)]
+struct Workload {
+    stream: bool,
+    tool_call: bool,
+}
+
+impl Workload {
+    fn parse(name: &str) -> Self {
+        match name {
+            "chat-json" => Self {
+                stream: false,
+                tool_call: false,
+            },
+            "chat-sse" => Self {
+                stream: true,
+                tool_call: false,
+            },
+            "chat-tool-json" => Self {
+                stream: false,
+                tool_call: true,
+            },
+            "chat-tool-sse" => Self {
+                stream: true,
+                tool_call: true,
+            },
+            other => panic!("unknown workload {other}"),
+        }
+    }
+}
+
+/// The tool call the mock makes, as any compact JSON encoder writes its name.
+const TOOL_CALL_MARK: &[u8] = br#""name":"get_weather""#;
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 struct Recorder {
@@ -115,15 +172,19 @@ async fn one(
     client: &HttpClient,
     url: &hyper::Uri,
     body: &Bytes,
-    stream: bool,
+    workload: Workload,
     events: u64,
 ) -> Result<Duration, String> {
+    let stream = workload.stream;
     let sent = Instant::now();
     let mut request = hyper::Request::post(url.clone())
         .header("content-type", "application/json")
         .header("authorization", "Bearer sk-bench-0123456789");
     if stream {
         request = request.header("x-mock-chunks", events.to_string());
+    }
+    if workload.tool_call {
+        request = request.header("x-mock-tool-call", "1");
     }
     let request = request.body(Full::new(body.clone())).unwrap();
     let response = client.request(request).await.map_err(|e| e.to_string())?;
@@ -132,19 +193,23 @@ async fn one(
     }
     let mut body = response.into_body();
     let mut first = None;
-    let mut tail = Vec::new();
+    // The whole body for the tool workloads (a few KiB), its last bytes otherwise.
+    let mut kept = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
         if let Some(data) = frame.data_ref() {
             first.get_or_insert_with(|| sent.elapsed());
-            tail.extend_from_slice(data);
-            if tail.len() > 64 {
-                tail.drain(..tail.len() - 64);
+            kept.extend_from_slice(data);
+            if !workload.tool_call && kept.len() > 64 {
+                kept.drain(..kept.len() - 64);
             }
         }
     }
-    if stream && !tail.ends_with(b"data: [DONE]\n\n") {
+    if stream && !kept.ends_with(b"data: [DONE]\n\n") {
         return Err("stream did not end with [DONE]".into());
+    }
+    if workload.tool_call && !contains(&kept, TOOL_CALL_MARK) {
+        return Err("response does not carry the get_weather tool call".into());
     }
     Ok(first.unwrap_or_else(|| sent.elapsed()))
 }
@@ -154,8 +219,8 @@ fn micros(d: Duration) -> u64 {
 }
 
 async fn run(args: Args) -> serde_json::Value {
-    let stream = args.workload == "chat-sse";
-    let body = chat_body(stream);
+    let workload = Workload::parse(&args.workload);
+    let body = chat_body(workload.stream);
     let url: hyper::Uri = format!("{}/v1/chat/completions", args.url).parse().unwrap();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -163,8 +228,14 @@ async fn run(args: Args) -> serde_json::Value {
         .pool_max_idle_per_host(4096)
         .build(connector);
     // Warm up the connections and the server.
+    let mut warmup_ok = 0u64;
     for _ in 0..50 {
-        let _ = one(&client, &url, &body, stream, args.events).await;
+        if one(&client, &url, &body, workload, args.events)
+            .await
+            .is_ok()
+        {
+            warmup_ok += 1;
+        }
     }
     let recorder = Arc::new(Mutex::new(Recorder::new()));
     let started = Instant::now();
@@ -192,7 +263,11 @@ async fn run(args: Args) -> serde_json::Value {
             let mut tasks = tokio::task::JoinSet::new();
             while let Some(due) = due_rx.recv().await {
                 if inflight.load(std::sync::atomic::Ordering::Relaxed) >= 2048 {
-                    recorder.lock().unwrap().outcome.errors += 1;
+                    recorder
+                        .lock()
+                        .unwrap()
+                        .outcome
+                        .error("more than 2048 requests in flight".into());
                     continue;
                 }
                 inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -205,7 +280,7 @@ async fn run(args: Args) -> serde_json::Value {
                 );
                 let events = args.events;
                 tasks.spawn(async move {
-                    let result = one(&client, &url, &body, stream, events).await;
+                    let result = one(&client, &url, &body, workload, events).await;
                     let done = Instant::now();
                     let mut r = recorder.lock().unwrap();
                     match result {
@@ -217,7 +292,7 @@ async fn run(args: Args) -> serde_json::Value {
                                 .record(micros(done.saturating_duration_since(due)));
                             let _ = r.ttfb.record(micros(ttfb));
                         }
-                        Err(_) => r.outcome.errors += 1,
+                        Err(e) => r.outcome.error(e),
                     }
                     inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 });
@@ -235,7 +310,7 @@ async fn run(args: Args) -> serde_json::Value {
                 tasks.spawn(async move {
                     while Instant::now() < deadline {
                         let sent = Instant::now();
-                        let result = one(&client, &url, &body, stream, events).await;
+                        let result = one(&client, &url, &body, workload, events).await;
                         let mut r = recorder.lock().unwrap();
                         match result {
                             Ok(ttfb) => {
@@ -243,7 +318,7 @@ async fn run(args: Args) -> serde_json::Value {
                                 let _ = r.latency.record(micros(sent.elapsed()));
                                 let _ = r.ttfb.record(micros(ttfb));
                             }
-                            Err(_) => r.outcome.errors += 1,
+                            Err(e) => r.outcome.error(e),
                         }
                     }
                 });
@@ -269,6 +344,8 @@ async fn run(args: Args) -> serde_json::Value {
         "seconds": elapsed,
         "ok": r.outcome.ok,
         "errors": r.outcome.errors,
+        "error_kinds": r.outcome.kinds,
+        "warmup_ok": warmup_ok,
         "throughput_rps": r.outcome.ok as f64 / elapsed,
         "latency_us": {"p50": q(&r.latency, 0.5), "p99": q(&r.latency, 0.99), "p999": q(&r.latency, 0.999), "max": r.latency.max()},
         "ttfb_us": {"p50": q(&r.ttfb, 0.5), "p99": q(&r.ttfb, 0.99)},

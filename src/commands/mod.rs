@@ -172,6 +172,22 @@ fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
     if let Some(files) = &config.tls {
         crate::proxy::tls::server_config(files).map_err(ServeError::from)?;
     }
+    // What serve would load, without opening the receipt log or making a key.
+    let govern = &config.govern;
+    let policy = crate::gateway::load_policy(&govern.policy)?;
+    let tools = govern
+        .http_tools
+        .iter()
+        .cloned()
+        .map(crate::tools::http::HttpTool::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CommandError::Message(format!("tools.http: {e}")))?;
+    if let Some(key) = &govern.signing_key {
+        crate::keys::read_signing(key)?;
+    }
+    for key in &govern.token_keys {
+        crate::keys::read_verifying(key)?;
+    }
     let mut out = std::io::stdout().lock();
     let file = config.file.as_ref().map_or_else(
         || "(none; built-in defaults)".to_owned(),
@@ -202,6 +218,27 @@ fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
         "  timeouts:      header read {:?}, connect {:?}, first byte {:?}, idle {:?}, shutdown grace {:?}",
         t.header_read, t.connect, t.first_byte, t.idle, t.shutdown_grace
     )?;
+    writeln!(
+        out,
+        "  policy:        {} (hash {})",
+        govern.policy,
+        policy.hash()
+    )?;
+    let lower = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+    writeln!(out, "  mode:          {}", lower(&govern.mode))?;
+    writeln!(out, "  auth:          {}", lower(&govern.auth))?;
+    writeln!(out, "  receipts:      {}", govern.receipts.display())?;
+    let names: Vec<&str> = tools.iter().map(|t| t.spec().name.as_str()).collect();
+    writeln!(
+        out,
+        "  tools:         {}",
+        if names.is_empty() {
+            "(none)".to_owned()
+        } else {
+            names.join(", ")
+        }
+    )?;
+    writeln!(out, "  max rounds:    {}", govern.max_rounds)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -627,3 +627,37 @@ async fn only_a_real_change_of_a_watched_file_reloads() {
     .await
     .unwrap();
 }
+
+#[test]
+fn check_loads_the_policy_and_the_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "hushspec: \"0.1.0\"\nrules:\n  tool_access:\n    blok: [x]\n",
+    )
+    .unwrap();
+    let (status, _, err) = run_binary(&["check", "--policy", "p.yaml"], dir.path(), &[]);
+    assert!(!status.success());
+    assert!(err.contains("blok"), "{err}");
+    std::fs::write(
+        dir.path().join("tollgate.toml"),
+        "[[tools.http]]\nname = \"bad name!\"\nurl = \"http://127.0.0.1:9/x\"\n",
+    )
+    .unwrap();
+    let (status, _, err) = run_binary(&["check"], dir.path(), &[]);
+    assert!(!status.success());
+    assert!(err.contains("bad name!"), "{err}");
+    std::fs::write(
+        dir.path().join("tollgate.toml"),
+        "policy = \"strict\"\n[[tools.http]]\nname = \"weather__current\"\nurl = \"http://127.0.0.1:9/x\"\n",
+    )
+    .unwrap();
+    let (status, out, err) = run_binary(&["check"], dir.path(), &[]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("bundled strict"), "{out}");
+    assert!(out.contains("weather__current"), "{out}");
+    assert!(
+        !dir.path().join("receipts.jsonl").exists() && !dir.path().join(".tollgate").exists(),
+        "check writes nothing"
+    );
+}
