@@ -351,6 +351,17 @@ impl StreamAssembler {
                     }
                 }
             }
+            // The legacy single `function_call`: one call, no id, completed by the finish.
+            if let Some(f) = choice.pointer("/delta/function_call") {
+                let call = open.entry(LEGACY_INDEX).or_default();
+                call.kind = LEGACY_KIND.to_owned();
+                if let Some(name) = f.get("name").and_then(Value::as_str) {
+                    call.name.push_str(name);
+                }
+                if let Some(piece) = f.get("arguments").and_then(Value::as_str) {
+                    call.arguments.push_str(piece);
+                }
+            }
             if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                 let done = std::mem::take(open);
                 for (k, call) in done {
@@ -373,6 +384,16 @@ impl StreamAssembler {
     pub fn unfinished(&self) -> usize {
         self.open.values().map(BTreeMap::len).sum()
     }
+}
+
+/// The assembler's slot for a legacy `function_call` (never a real index).
+pub const LEGACY_INDEX: u64 = u64::MAX;
+/// The `kind` of an assembled legacy `function_call`.
+pub const LEGACY_KIND: &str = "function_call";
+
+/// The message answering a legacy `function_call` named `name`.
+pub fn function_message(name: &str, content: &str) -> Value {
+    json!({"role": "function", "name": name, "content": content})
 }
 
 /// Reads a request body: a JSON object.
@@ -573,6 +594,7 @@ pub struct StreamRewriter {
     round_relayed: usize,
     round_handled: Vec<(String, String)>,
     usage: Option<Value>,
+    legacy_relayed: bool,
 }
 
 impl StreamRewriter {
@@ -669,6 +691,14 @@ impl StreamRewriter {
 
     /// Sends a decided call to the client, whole, at the next client index.
     pub fn relay(&mut self, call: &AssembledCall) -> Value {
+        if call.kind == LEGACY_KIND {
+            self.legacy_relayed = true;
+            self.round_relayed += 1;
+            return self.chunk(
+                json!({"function_call": {"name": call.name, "arguments": call.arguments}}),
+                Value::Null,
+            );
+        }
         let kind = if call.kind.is_empty() {
             "function"
         } else {
@@ -706,6 +736,11 @@ impl StreamRewriter {
     /// Ends the round (after the upstream's `[DONE]` or end of stream). Calls still
     /// open were cut off and are never released.
     pub fn end_round(&mut self) -> RoundEnd {
+        let legacy = self
+            .round_calls
+            .iter()
+            .position(|c| c.kind == LEGACY_KIND)
+            .map(|at| self.round_calls.remove(at));
         let calls: Vec<Value> = self
             .round_calls
             .drain(..)
@@ -715,6 +750,9 @@ impl StreamRewriter {
         let mut assistant = json!({"role": "assistant", "content": if content.is_empty() { Value::Null } else { Value::String(content) }});
         if !calls.is_empty() {
             assistant["tool_calls"] = Value::Array(calls);
+        }
+        if let Some(c) = legacy {
+            assistant["function_call"] = json!({"name": c.name, "arguments": c.arguments});
         }
         self.assembler = StreamAssembler::new();
         RoundEnd {
@@ -729,11 +767,13 @@ impl StreamRewriter {
     /// else the upstream's reason, `stop` for a turn whose calls were all handled),
     /// the summed usage when asked for, and `[DONE]` (as a string).
     pub fn finish(&self, end: &RoundEnd, include_usage: bool) -> Vec<String> {
-        let reason = if self.client_index > 0 {
+        let reason = if self.legacy_relayed {
+            "function_call".to_owned()
+        } else if self.client_index > 0 {
             "tool_calls".to_owned()
         } else {
             match end.finish_reason.as_deref() {
-                Some("tool_calls") | None => "stop".to_owned(),
+                Some("tool_calls" | "function_call") | None => "stop".to_owned(),
                 Some(other) => other.to_owned(),
             }
         };

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::{SpliceError, SpliceStore, Turn, refusal_output, splice_chat};
 use crate::adapter::chat::{
     self as adapter, AdapterError, GovernedTool, RoundEnd, StreamOutput, StreamRewriter, add_usage,
-    inject_tools, tool_calls, tool_message, without_calls,
+    function_message, inject_tools, tool_calls, tool_message, without_calls,
 };
 use crate::error::ProxyError;
 use crate::kernel::capability::Scope;
@@ -244,7 +244,12 @@ impl Governance {
         if let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) {
             changed |= splice_chat(messages, &self.splice, Instant::now())? > 0;
         }
-        let visible = self.visible_tools(caller);
+        // A request on the legacy `functions` API cannot also carry `tools`.
+        let visible = if request.get("functions").is_some() {
+            Vec::new()
+        } else {
+            self.visible_tools(caller)
+        };
         inject_tools(request, &visible)?;
         changed |= !visible.is_empty();
         Ok(changed)
@@ -422,10 +427,7 @@ impl Governance {
                 adapter::assistant_message(&response, 0),
                 request.get_mut("messages").and_then(Value::as_array_mut),
             ) {
-                messages.push(assistant);
-                for (id, output) in &handled {
-                    messages.push(tool_message(id, output));
-                }
+                answer_turn(messages, assistant, &handled);
             }
             last = response;
         }
@@ -487,10 +489,7 @@ impl Governance {
                 break;
             }
             if let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) {
-                messages.push(end.assistant.clone());
-                for (id, output) in &end.handled {
-                    messages.push(tool_message(id, output));
-                }
+                answer_turn(messages, end.assistant.clone(), &end.handled);
             }
             events = match upstream(request.clone()).await {
                 Ok(next) => next,
@@ -696,6 +695,23 @@ impl Driver<'_> {
             StreamEnd::Failed(message.to_owned())
         } else {
             StreamEnd::ClientGone
+        }
+    }
+}
+
+/// Continues a conversation with an assistant turn and the answers to its
+/// handled calls: tool messages, or the function message of a legacy
+/// `function_call` (which has no id).
+fn answer_turn(messages: &mut Vec<Value>, assistant: Value, handled: &[(String, String)]) {
+    let legacy = assistant
+        .pointer("/function_call/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    messages.push(assistant);
+    for (id, output) in handled {
+        match &legacy {
+            Some(name) if id.is_empty() => messages.push(function_message(name, output)),
+            _ => messages.push(tool_message(id, output)),
         }
     }
 }

@@ -467,3 +467,62 @@ async fn a_text_stream_without_calls_keeps_its_bytes() {
         .unwrap();
     assert_eq!(response.bytes().await.unwrap().to_vec(), expected);
 }
+
+/// A streamed legacy `function_call` in these argument fragments.
+fn sse_legacy(name: &str, fragments: &[&str]) -> Vec<Bytes> {
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": null, "function_call": {"name": name, "arguments": ""}}),
+        Value::Null,
+    )];
+    for f in fragments {
+        out.push(chunk(
+            json!({"function_call": {"arguments": f}}),
+            Value::Null,
+        ));
+    }
+    out.push(chunk(json!({}), json!("function_call")));
+    out.push(Bytes::from_static(DONE));
+    out
+}
+
+#[tokio::test]
+async fn streamed_legacy_function_calls_are_held_decided_and_relayed_or_refused() {
+    let g = start(POLICY, "", None).await;
+    g.upstream
+        .push(Reply::sse(sse_legacy("lookup", &["{\"q\":", "\"x\"}"])));
+    let got = stream_chat(&g.proxy.url, crate::governance::legacy_request()).await;
+    let (mut name, mut args) = (String::new(), String::new());
+    for c in &got.chunks {
+        if let Some(f) = c.pointer("/choices/0/delta/function_call") {
+            name.push_str(f["name"].as_str().unwrap_or_default());
+            args.push_str(f["arguments"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!((name.as_str(), args.as_str()), ("lookup", "{\"q\":\"x\"}"));
+    assert_eq!(got.finishes(), ["function_call"]);
+    assert_eq!(got.done, 1);
+
+    g.upstream.push(Reply::sse(sse_legacy(
+        "shell_exec",
+        &["{\"cmd\":", "\"ls\"}"],
+    )));
+    g.upstream.push(Reply::sse(sse_text(&["Refused."])));
+    let got = stream_chat(&g.proxy.url, crate::governance::legacy_request()).await;
+    assert!(!got.raw.contains("function_call\":{"), "{}", got.raw);
+    assert_eq!(got.text(), "Refused.");
+    assert_eq!(got.finishes(), ["stop"]);
+    let sent = g.sent();
+    let messages = sent[2]["messages"].as_array().unwrap();
+    assert_eq!(
+        messages[1]["function_call"]["arguments"],
+        "{\"cmd\":\"ls\"}"
+    );
+    assert_eq!(messages[2]["role"], "function");
+    assert!(
+        messages[2]["content"]
+            .as_str()
+            .unwrap()
+            .contains("tool_call_denied")
+    );
+    g.proxy.verify_receipts();
+}

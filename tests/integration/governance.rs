@@ -753,3 +753,53 @@ async fn tokens_mode_refuses_without_a_valid_token_and_bounds_tools_by_scope() {
     gw.binary.signal("TERM");
     assert!(gw.binary.wait_exit().success());
 }
+
+/// A turn on the legacy `functions` API: one `function_call`, no id.
+pub fn legacy_call(name: &str, arguments: &str) -> Value {
+    json!({"id": "chatcmpl-3", "object": "chat.completion", "created": 3, "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "function_call": {"name": name, "arguments": arguments}}, "finish_reason": "function_call"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+}
+
+/// A request on the legacy `functions` API.
+pub fn legacy_request() -> Value {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "go"}],
+        "functions": [{"name": "lookup", "parameters": {"type": "object"}},
+                      {"name": "shell_exec", "parameters": {"type": "object"}}]})
+}
+
+#[tokio::test]
+async fn legacy_function_calls_are_governed_too() {
+    let tool = MockUpstream::start().await;
+    let g = start(POLICY, "", Some(tool)).await;
+    // Allowed: the client gets the call as the upstream wrote it.
+    g.script(vec![legacy_call("lookup", "{\"q\":\"x\"}")]);
+    let (_, _, out) = g.chat(&legacy_request()).await;
+    assert_eq!(
+        out["choices"][0]["message"]["function_call"]["name"],
+        "lookup"
+    );
+    assert_eq!(out["choices"][0]["finish_reason"], "function_call");
+    // No governed tools beside `functions`: the API takes one or the other.
+    assert!(g.sent()[0].get("tools").is_none());
+    // Denied: the model gets the refusal as the function's result.
+    g.script(vec![legacy_call("shell_exec", "{}"), text("Refused.")]);
+    let (_, _, out) = g.chat(&legacy_request()).await;
+    assert_eq!(out["choices"][0]["message"]["content"], "Refused.");
+    let round2 = &g.sent()[2];
+    let messages = round2["messages"].as_array().unwrap();
+    assert_eq!(messages[1]["function_call"]["name"], "shell_exec");
+    assert_eq!(messages[2]["role"], "function");
+    assert_eq!(messages[2]["name"], "shell_exec");
+    assert!(
+        messages[2]["content"]
+            .as_str()
+            .unwrap()
+            .contains("tool_call_denied")
+    );
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts.len(), 2);
+    assert_eq!(receipts[1]["decision"], "deny");
+    g.proxy.verify_receipts();
+}
