@@ -239,8 +239,24 @@ impl Binary {
     /// Starts `tollgate ARGS…` in `dir`, with `env` added.
     pub fn start(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        command.args(args);
+        Self::spawn(command, dir, env)
+    }
+
+    /// Starts `tollgate ARGS…` through `sh`, after the shell commands in
+    /// `prelude` (resource limits, signal dispositions), which `exec` keeps.
+    pub fn start_after(prelude: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new("sh");
         command
-            .args(args)
+            .arg("-c")
+            .arg(format!("{prelude}\nexec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args);
+        Self::spawn(command, dir, env)
+    }
+
+    fn spawn(mut command: Command, dir: &Path, env: &[(&str, &str)]) -> Self {
+        command
             .current_dir(dir)
             .env("TOLLGATE_LOG", "info")
             .env_remove("TOLLGATE_CONFIG")

@@ -803,3 +803,102 @@ async fn legacy_function_calls_are_governed_too() {
     assert_eq!(receipts[1]["decision"], "deny");
     g.proxy.verify_receipts();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_log_that_cannot_be_written_stops_every_effect() {
+    // The binary runs with a file-size limit (and SIGXFSZ ignored, so a write past
+    // it fails with EFBIG instead of killing the process): the log fills up after a
+    // few receipts, as a full disk would.
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key.pem");
+    tollgate::keys::write_signing(&key_file, &tollgate::keys::generate().unwrap(), false).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let mut binary = Binary::start_after(
+        "trap '' XFSZ\nulimit -f 8",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.url(),
+            "--policy",
+            "policy.yaml",
+            "--signing-key",
+            "key.pem",
+            "--receipts",
+            "receipts.jsonl",
+        ],
+        dir.path(),
+        &[],
+    );
+    let url = binary.wait_listening();
+    let http = client();
+    let mut refused = None;
+    for n in 0..64 {
+        upstream.push(Reply::json(
+            calls(&[(&format!("call_{n}"), "lookup", "{\"q\":\"x\"}")]).to_string(),
+        ));
+        let response = http
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&request())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if status == 503 {
+            refused = Some((n, body));
+            break;
+        }
+        assert_eq!(status, 200);
+        assert_eq!(
+            body["choices"][0]["message"]["tool_calls"][0]["id"],
+            format!("call_{n}")
+        );
+    }
+    let (n, body) = refused.expect("the size limit is reached within 64 receipts");
+    assert!(n > 0, "the first receipts fit");
+    assert_eq!(body["error"]["code"], "receipts_unavailable");
+    assert!(
+        !body.to_string().contains(&format!("call_{n}")),
+        "the call was not released"
+    );
+    let health = http
+        .get(format!("{url}/tollgate/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "degraded");
+    // Still serving, and what was written still verifies: the failed batch was cut back.
+    assert!(
+        http.get(format!("{url}/tollgate/readyz"))
+            .send()
+            .await
+            .is_ok()
+    );
+    let (code, out, err) = run_binary(
+        &[
+            "receipts",
+            "verify",
+            "receipts.jsonl",
+            "--public-key",
+            "key.pem",
+        ],
+        dir.path(),
+        &[],
+    );
+    assert!(code.success(), "{out}{err}");
+    let lines = std::fs::read_to_string(dir.path().join("receipts.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(
+        lines, n,
+        "one receipt per released call, none for the refused one"
+    );
+    binary.signal("TERM");
+    assert!(binary.wait_exit().success());
+}
