@@ -24,7 +24,7 @@ use super::body::{
     ChannelBody, MAX_HELD_EVENT_BYTES, ProxyBody, RequestBody, RequestBodyFault,
     RequestBodyOutcome, full,
 };
-use super::headers::remove_hop_by_hop;
+use super::headers::{is_encoded, is_event_stream, remove_hop_by_hop};
 use super::sse::{Framer, split_events};
 use super::upstream;
 use crate::error::ProxyError;
@@ -142,24 +142,6 @@ async fn read_answer(shared: &Shared, mut body: Incoming) -> Result<Bytes, Proxy
     }
 }
 
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
-}
-
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"))
-}
-
 /// A whole response tollgate answers with, from an upstream's parts.
 fn respond(mut parts: http::response::Parts, body: Bytes) -> Response<ProxyBody> {
     parts.version = Version::default();
@@ -243,30 +225,44 @@ pub async fn chat(
     } else {
         original
     };
-    let uri = upstream::target(&shared.config.upstream, &parts.uri)?;
-    let headers = round_headers(parts.headers, &identity);
-    if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        stream(
-            shared, request_id, identity, request, uri, headers, first_body,
-        )
-        .await
+    let turn = Prepared {
+        uri: upstream::target(&shared.config.upstream, &parts.uri)?,
+        headers: round_headers(parts.headers, &identity),
+        identity,
+        streaming: request.get("stream").and_then(Value::as_bool) == Some(true),
+        request,
+        first_body,
+    };
+    if turn.streaming {
+        stream(shared, request_id, turn).await
     } else {
-        plain(
-            shared, request_id, identity, request, uri, headers, first_body,
-        )
-        .await
+        plain(shared, request_id, turn).await
     }
 }
 
-async fn plain(
-    shared: &Arc<Shared>,
-    request_id: &Arc<str>,
+/// A governed request, ready for its first round.
+struct Prepared {
     identity: Identity,
     request: Value,
     uri: Uri,
     headers: HeaderMap,
     first_body: Bytes,
+    streaming: bool,
+}
+
+async fn plain(
+    shared: &Arc<Shared>,
+    request_id: &Arc<str>,
+    turn: Prepared,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let Prepared {
+        identity,
+        request,
+        uri,
+        headers,
+        first_body,
+        ..
+    } = turn;
     let last: Mutex<Option<(http::response::Parts, Bytes)>> = Mutex::new(None);
     let first = Mutex::new(Some(first_body));
     let (last_ref, first_ref, uri_ref, headers_ref) = (&last, &first, &uri, &headers);
@@ -424,12 +420,16 @@ async fn open_stream(
 async fn stream(
     shared: &Arc<Shared>,
     request_id: &Arc<str>,
-    identity: Identity,
-    request: Value,
-    uri: Uri,
-    headers: HeaderMap,
-    first_body: Bytes,
+    turn: Prepared,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let Prepared {
+        identity,
+        request,
+        uri,
+        headers,
+        first_body,
+        ..
+    } = turn;
     // The first round decides the response's status and headers. An error
     // status goes back as the upstream sent it.
     let response = send_round(shared, &uri, &headers, first_body).await?;

@@ -23,7 +23,7 @@ use super::body::{
     ProxyBody, RequestBody, RequestBodyFault, RequestBodyOutcome, ResponseBody, StreamErrorStyle,
 };
 use super::govern;
-use super::headers::{remove_hop_by_hop, section_size, wants_upgrade};
+use super::headers::{is_encoded, is_event_stream, remove_hop_by_hop, section_size, wants_upgrade};
 use super::upstream;
 use crate::cli::Mode;
 use crate::error::ProxyError;
@@ -227,17 +227,7 @@ async fn forward(
 /// An event stream that can be framed: `text/event-stream`, not compressed and not
 /// length-delimited (a final error event could not be added to either).
 fn is_plain_event_stream(headers: &http::HeaderMap) -> bool {
-    let sse = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        });
-    let encoded = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
-    sse && !encoded && !headers.contains_key(header::CONTENT_LENGTH)
+    is_event_stream(headers)
+        && !is_encoded(headers)
+        && !headers.contains_key(header::CONTENT_LENGTH)
 }
