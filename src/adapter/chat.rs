@@ -386,6 +386,60 @@ impl StreamAssembler {
     }
 }
 
+/// What a stream chunk holds, read without building it: enough to pass a chunk
+/// with no tool call through untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChunkShape {
+    /// A tool-call or legacy function-call delta.
+    pub call: bool,
+    /// A finish reason, or the usage chunk (no choices): the end of a round.
+    pub tail: bool,
+    /// An `error` object instead of a chunk.
+    pub error: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<PeekChoice<'a>>>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekChoice<'a> {
+    #[serde(default)]
+    delta: Option<PeekDelta>,
+    #[serde(default, borrow)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekDelta {
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    function_call: Option<serde::de::IgnoredAny>,
+}
+
+/// Reads the shape of one chunk's `data`; `None` if it is not a JSON object of
+/// the expected form (the caller then reads it in full).
+pub fn chunk_shape(data: &str) -> Option<ChunkShape> {
+    let peek: PeekChunk<'_> = serde_json::from_str(data).ok()?;
+    let choices = peek.choices.unwrap_or_default();
+    let call = choices.iter().any(|c| {
+        c.delta
+            .as_ref()
+            .is_some_and(|d| d.tool_calls.is_some() || d.function_call.is_some())
+    });
+    let finished = choices.iter().any(|c| c.finish_reason.is_some());
+    Some(ChunkShape {
+        call,
+        tail: finished || choices.is_empty(),
+        error: peek.error.is_some(),
+    })
+}
+
 /// The assembler's slot for a legacy `function_call` (never a real index).
 pub const LEGACY_INDEX: u64 = u64::MAX;
 /// The `kind` of an assembled legacy `function_call`.
@@ -792,6 +846,23 @@ impl StreamRewriter {
 #[cfg(test)]
 mod stream_tests {
     use super::*;
+
+    #[test]
+    fn the_shape_of_a_chunk_is_read_without_building_it() {
+        let shape = |s: &str| chunk_shape(s).unwrap();
+        assert_eq!(
+            shape(r#"{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#),
+            ChunkShape::default()
+        );
+        assert!(shape(r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#).call);
+        assert!(shape(r#"{"choices":[{"delta":{"function_call":{"name":"f"}}}]}"#).call);
+        assert!(!shape(r#"{"choices":[{"delta":{"tool_calls":null}}]}"#).call);
+        assert!(shape(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#).tail);
+        assert!(shape(r#"{"choices":[],"usage":{"total_tokens":3}}"#).tail);
+        assert!(shape(r#"{"error":{"message":"x"}}"#).error);
+        assert_eq!(chunk_shape("not json"), None);
+        assert_eq!(chunk_shape("[1]"), None);
+    }
 
     fn data_lines(file: &str) -> Vec<Value> {
         let root = concat!(

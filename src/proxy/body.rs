@@ -465,7 +465,8 @@ where
 }
 
 /// A response body fed through a channel, for streams tollgate writes itself
-/// (governed streams). It ends when the sender is dropped.
+/// (governed streams). Pieces already queued are sent together, as the relay
+/// batches events. It ends when the sender is dropped.
 #[derive(Debug)]
 pub struct ChannelBody {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
@@ -486,8 +487,22 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|next| next.map(|b| Ok(Frame::data(b))))
+        let first = match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(bytes)) => bytes,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        // Whatever else is already queued leaves in the same write.
+        let mut batch: Option<BytesMut> = None;
+        while batch.as_ref().map_or(first.len(), BytesMut::len) < MAX_BATCH_BYTES {
+            let Ok(more) = self.rx.try_recv() else {
+                break;
+            };
+            batch
+                .get_or_insert_with(|| BytesMut::from(&first[..]))
+                .extend_from_slice(&more);
+        }
+        let bytes = batch.map_or(first, BytesMut::freeze);
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 }

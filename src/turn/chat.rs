@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::{SpliceError, SpliceStore, Turn, refusal_output, splice_chat};
 use crate::adapter::chat::{
     self as adapter, AdapterError, GovernedTool, RoundEnd, StreamOutput, StreamRewriter, add_usage,
-    function_message, inject_tools, tool_calls, tool_message, without_calls,
+    chunk_shape, function_message, inject_tools, tool_calls, tool_message, without_calls,
 };
 use crate::error::ProxyError;
 use crate::kernel::capability::Scope;
@@ -525,6 +525,7 @@ impl Governance {
         // finish and usage events are held back in case one still does.
         let mut transparent = round == 0;
         let mut held: Vec<Bytes> = Vec::new();
+        let mut passed: Vec<String> = Vec::new();
         let mut relayed: Vec<String> = Vec::new();
         let mut clean_end = false;
         while let Some(next) = events.next_event().await {
@@ -549,6 +550,35 @@ impl Governance {
                 clean_end = true;
                 break;
             }
+            if transparent {
+                // Read only the chunk's shape: one without a call leaves as it came.
+                match chunk_shape(&event.data) {
+                    Some(shape) if !shape.call && !shape.error => {
+                        if shape.tail {
+                            held.push(raw);
+                        } else {
+                            for piece in held.drain(..).chain(std::iter::once(raw)) {
+                                if !driver.send(piece).await {
+                                    return Err(StreamEnd::ClientGone);
+                                }
+                            }
+                        }
+                        passed.push(event.data);
+                        continue;
+                    }
+                    _ => {
+                        // A call: from here the round is rewritten. The rewriter
+                        // learns what already passed (text, role, envelope).
+                        transparent = false;
+                        held.clear();
+                        for data in passed.drain(..) {
+                            if let Ok(earlier) = serde_json::from_str::<Value>(&data) {
+                                let _ = driver.rw.push(&earlier);
+                            }
+                        }
+                    }
+                }
+            }
             let chunk: Value = match serde_json::from_str(&event.data) {
                 Ok(v) => v,
                 Err(_) => {
@@ -567,32 +597,6 @@ impl Governance {
                 });
             }
             let outputs = driver.rw.push(&chunk);
-            if transparent {
-                let has_call = chunk.pointer("/choices/0/delta").is_some_and(|d| {
-                    d.get("tool_calls").is_some() || d.get("function_call").is_some()
-                }) || outputs.iter().any(|o| matches!(o, StreamOutput::Decide(_)));
-                if !has_call {
-                    let tail = chunk
-                        .pointer("/choices/0/finish_reason")
-                        .is_some_and(|f| !f.is_null())
-                        || chunk
-                            .get("choices")
-                            .and_then(Value::as_array)
-                            .is_some_and(Vec::is_empty);
-                    if tail {
-                        held.push(raw);
-                    } else {
-                        for piece in held.drain(..).chain(std::iter::once(raw)) {
-                            if !driver.send(piece).await {
-                                return Err(StreamEnd::ClientGone);
-                            }
-                        }
-                    }
-                    continue;
-                }
-                transparent = false;
-                held.clear();
-            }
             for output in outputs {
                 match output {
                     StreamOutput::Emit(chunk) => {
