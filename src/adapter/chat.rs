@@ -388,10 +388,14 @@ impl StreamAssembler {
 
 /// What a stream chunk holds, read without building it: enough to pass a chunk
 /// with no tool call through untouched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChunkShape {
     /// A tool-call or legacy function-call delta.
     pub call: bool,
+    /// A `role` in choice 0's delta.
+    pub role: bool,
+    /// Choice 0's content delta.
+    pub content: Option<String>,
     /// A finish reason, or the usage chunk (no choices): the end of a round.
     pub tail: bool,
     /// An `error` object instead of a chunk.
@@ -409,13 +413,19 @@ struct PeekChunk<'a> {
 #[derive(serde::Deserialize)]
 struct PeekChoice<'a> {
     #[serde(default)]
-    delta: Option<PeekDelta>,
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<PeekDelta<'a>>,
     #[serde(default, borrow)]
     finish_reason: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(serde::Deserialize)]
-struct PeekDelta {
+struct PeekDelta<'a> {
+    #[serde(default)]
+    role: Option<serde::de::IgnoredAny>,
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -426,6 +436,8 @@ struct PeekDelta {
 /// the expected form (the caller then reads it in full).
 pub fn chunk_shape(data: &str) -> Option<ChunkShape> {
     let peek: PeekChunk<'_> = serde_json::from_str(data).ok()?;
+    // The usage chunk has an empty `choices`; a chunk without the key is not a tail.
+    let usage_only = peek.choices.as_ref().is_some_and(Vec::is_empty);
     let choices = peek.choices.unwrap_or_default();
     let call = choices.iter().any(|c| {
         c.delta
@@ -433,9 +445,16 @@ pub fn chunk_shape(data: &str) -> Option<ChunkShape> {
             .is_some_and(|d| d.tool_calls.is_some() || d.function_call.is_some())
     });
     let finished = choices.iter().any(|c| c.finish_reason.is_some());
+    let first = choices
+        .iter()
+        .enumerate()
+        .find(|(i, c)| c.index.unwrap_or(*i as u64) == 0)
+        .and_then(|(_, c)| c.delta.as_ref());
     Some(ChunkShape {
         call,
-        tail: finished || choices.is_empty(),
+        role: first.is_some_and(|d| d.role.is_some()),
+        content: first.and_then(|d| d.content.as_deref().map(str::to_owned)),
+        tail: finished || usage_only,
         error: peek.error.is_some(),
     })
 }
@@ -669,24 +688,8 @@ impl StreamRewriter {
     /// Takes one upstream chunk (parsed `data:` JSON).
     pub fn push(&mut self, chunk: &Value) -> Vec<StreamOutput> {
         let mut out = Vec::new();
-        if self.envelope.is_none()
-            && let Some(obj) = chunk.as_object()
-        {
-            // One id, created, model and fingerprint for the whole client stream.
-            let mut env = Map::new();
-            for key in [
-                "id",
-                "object",
-                "created",
-                "model",
-                "service_tier",
-                "system_fingerprint",
-            ] {
-                if let Some(v) = obj.get(key) {
-                    env.insert(key.into(), v.clone());
-                }
-            }
-            self.envelope = Some(env);
+        if self.envelope.is_none() {
+            self.set_envelope(chunk);
         }
         if let Some(delta) = chunk.pointer("/choices/0/delta").and_then(Value::as_object) {
             let mut visible = Map::new();
@@ -763,6 +766,46 @@ impl StreamRewriter {
         self.client_index += 1;
         self.round_relayed += 1;
         self.chunk(json!({"tool_calls": [fragment]}), Value::Null)
+    }
+
+    /// Learns from a chunk that went to the client as the upstream sent it:
+    /// the stream's envelope (from `chunk`, given for the first such chunk only),
+    /// whether the role was sent, and the text, for the round's assistant message.
+    pub fn passed(&mut self, chunk: Option<&Value>, shape: &ChunkShape) {
+        if self.envelope.is_none()
+            && let Some(chunk) = chunk
+        {
+            self.set_envelope(chunk);
+        }
+        self.role_sent |= shape.role;
+        if let Some(text) = &shape.content {
+            self.round_content.push_str(text);
+        }
+    }
+
+    /// Whether the stream's envelope (id, model, ...) is known yet.
+    pub fn has_envelope(&self) -> bool {
+        self.envelope.is_some()
+    }
+
+    fn set_envelope(&mut self, chunk: &Value) {
+        if let Some(obj) = chunk.as_object() {
+            // One id, created, model and fingerprint for the whole client stream.
+            let mut env = Map::new();
+            for key in [
+                "id",
+                "object",
+                "created",
+                "model",
+                "service_tier",
+                "system_fingerprint",
+            ] {
+                if let Some(v) = obj.get(key) {
+                    env.insert(key.into(), v.clone());
+                }
+            }
+            self.envelope = Some(env);
+        }
     }
 
     /// A content chunk of tollgate's own (e.g. why the loop stopped), part of
@@ -851,8 +894,14 @@ mod stream_tests {
     fn the_shape_of_a_chunk_is_read_without_building_it() {
         let shape = |s: &str| chunk_shape(s).unwrap();
         assert_eq!(
-            shape(r#"{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#),
-            ChunkShape::default()
+            shape(
+                r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}"#
+            ),
+            ChunkShape {
+                role: true,
+                content: Some("hi".into()),
+                ..ChunkShape::default()
+            }
         );
         assert!(shape(r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#).call);
         assert!(shape(r#"{"choices":[{"delta":{"function_call":{"name":"f"}}}]}"#).call);
@@ -860,6 +909,10 @@ mod stream_tests {
         assert!(shape(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#).tail);
         assert!(shape(r#"{"choices":[],"usage":{"total_tokens":3}}"#).tail);
         assert!(shape(r#"{"error":{"message":"x"}}"#).error);
+        assert!(
+            !shape(r#"{"n":1}"#).tail,
+            "no choices at all is not the end"
+        );
         assert_eq!(chunk_shape("not json"), None);
         assert_eq!(chunk_shape("[1]"), None);
     }

@@ -266,30 +266,33 @@ async fn plain(
     let last: Mutex<Option<(http::response::Parts, Bytes)>> = Mutex::new(None);
     let first = Mutex::new(Some(first_body));
     let (last_ref, first_ref, uri_ref, headers_ref) = (&last, &first, &uri, &headers);
-    let upstream = move |round_request: Value| async move {
+    let upstream = move |round_request: &Value| {
+        // Round 0 sends the client's own bytes when nothing was added to them.
         let body = lock(first_ref)
             .take()
             .unwrap_or_else(|| Bytes::from(round_request.to_string()));
-        let response = send_round(shared, uri_ref, headers_ref, body).await?;
-        let (parts, body) = response.into_parts();
-        let bytes = read_answer(shared, body).await?;
-        let status = parts.status;
-        let encoded = is_encoded(&parts.headers);
-        *lock(last_ref) = Some((parts, bytes.clone()));
-        if !status.is_success() {
-            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(GovernError::Upstream(status.as_u16(), value));
-        }
-        if encoded {
-            return Err(GovernError::Relay(ProxyError::UpstreamInvalid {
-                detail: "the answer is compressed".into(),
-            }));
-        }
-        serde_json::from_slice::<Value>(&bytes).map_err(|_| {
-            GovernError::Relay(ProxyError::UpstreamInvalid {
-                detail: "the answer is not JSON".into(),
+        async move {
+            let response = send_round(shared, uri_ref, headers_ref, body).await?;
+            let (parts, body) = response.into_parts();
+            let bytes = read_answer(shared, body).await?;
+            let status = parts.status;
+            let encoded = is_encoded(&parts.headers);
+            *lock(last_ref) = Some((parts, bytes.clone()));
+            if !status.is_success() {
+                let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                return Err(GovernError::Upstream(status.as_u16(), value));
+            }
+            if encoded {
+                return Err(GovernError::Relay(ProxyError::UpstreamInvalid {
+                    detail: "the answer is compressed".into(),
+                }));
+            }
+            serde_json::from_slice::<Value>(&bytes).map_err(|_| {
+                GovernError::Relay(ProxyError::UpstreamInvalid {
+                    detail: "the answer is not JSON".into(),
+                })
             })
-        })
+        }
     };
     let result = shared
         .gateway
@@ -454,12 +457,12 @@ async fn stream(
     let request_id = request_id.clone();
     tokio::spawn(async move {
         let next_shared = task_shared.clone();
-        let upstream = move |round_request: Value| {
+        let upstream = move |round_request: &Value| {
             let shared = next_shared.clone();
             let uri = uri.clone();
             let headers = headers.clone();
+            let body = Bytes::from(round_request.to_string());
             async move {
-                let body = Bytes::from(round_request.to_string());
                 open_stream(&shared, &uri, &headers, body)
                     .await
                     .map(|(_, events)| events)

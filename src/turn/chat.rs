@@ -362,14 +362,14 @@ impl Governance {
         mut upstream: F,
     ) -> Result<Finished, GovernError>
     where
-        F: FnMut(Value) -> Fut,
+        F: FnMut(&Value) -> Fut,
         Fut: Future<Output = Result<Value, GovernError>>,
     {
         let now = Instant::now();
         let mut usage: Option<Value> = None;
         let mut last = Value::Null;
         for round in 0..self.settings.max_rounds {
-            let response = upstream(request.clone()).await?;
+            let response = upstream(&request).await?;
             if let Some(u) = response.get("usage").filter(|u| u.is_object()) {
                 match &mut usage {
                     Some(total) => add_usage(total, u),
@@ -402,6 +402,13 @@ impl Governance {
                     Settled::Relay => relayed.push(call.id.clone()),
                     Settled::Handled(output) => handled.push((call.id.clone(), output)),
                 }
+            }
+            if !relayed.is_empty() && handled.is_empty() && round == 0 {
+                // Every call goes to the client: the answer leaves as it came.
+                return Ok(Finished {
+                    response,
+                    rewritten: false,
+                });
             }
             if !relayed.is_empty() {
                 if !handled.is_empty()
@@ -458,7 +465,7 @@ impl Governance {
         out: &mpsc::Sender<Bytes>,
     ) -> StreamEnd
     where
-        F: FnMut(Value) -> Fut,
+        F: FnMut(&Value) -> Fut,
         Fut: Future<Output = Result<E, GovernError>>,
         E: EventSource,
     {
@@ -491,7 +498,7 @@ impl Governance {
             if let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) {
                 answer_turn(messages, end.assistant.clone(), &end.handled);
             }
-            events = match upstream(request.clone()).await {
+            events = match upstream(&request).await {
                 Ok(next) => next,
                 Err(error) => return driver.fail(&from_error(&error)).await,
             };
@@ -525,7 +532,6 @@ impl Governance {
         // finish and usage events are held back in case one still does.
         let mut transparent = round == 0;
         let mut held: Vec<Bytes> = Vec::new();
-        let mut passed: Vec<String> = Vec::new();
         let mut relayed: Vec<String> = Vec::new();
         let mut clean_end = false;
         while let Some(next) = events.next_event().await {
@@ -563,19 +569,20 @@ impl Governance {
                                 }
                             }
                         }
-                        passed.push(event.data);
+                        // The rewriter learns what passed (text, role, envelope),
+                        // in case a call comes later in the round.
+                        let first = if driver.rw.has_envelope() {
+                            None
+                        } else {
+                            serde_json::from_str::<Value>(&event.data).ok()
+                        };
+                        driver.rw.passed(first.as_ref(), &shape);
                         continue;
                     }
                     _ => {
-                        // A call: from here the round is rewritten. The rewriter
-                        // learns what already passed (text, role, envelope).
+                        // A call: from here the round is rewritten.
                         transparent = false;
                         held.clear();
-                        for data in passed.drain(..) {
-                            if let Ok(earlier) = serde_json::from_str::<Value>(&data) {
-                                let _ = driver.rw.push(&earlier);
-                            }
-                        }
                     }
                 }
             }

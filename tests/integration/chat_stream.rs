@@ -526,3 +526,35 @@ async fn streamed_legacy_function_calls_are_held_decided_and_relayed_or_refused(
     );
     g.proxy.verify_receipts();
 }
+
+#[tokio::test]
+async fn text_before_a_call_passes_at_once_and_is_kept_for_the_next_round() {
+    let g = start(POLICY, "", None).await;
+    let mut round = vec![
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        chunk(json!({"content": "Let me "}), Value::Null),
+        chunk(json!({"content": "check."}), Value::Null),
+    ];
+    // The same call chunks as sse_calls, after the text.
+    round.extend(
+        sse_calls(&[("call_x", "shell_exec", &["{}"])])
+            .into_iter()
+            .skip(1),
+    );
+    g.upstream.push(Reply::sse(round));
+    g.upstream.push(Reply::sse(sse_text(&[" Not allowed."])));
+    let got = stream_chat(&g.proxy.url, request()).await;
+    assert_eq!(got.text(), "Let me check. Not allowed.");
+    assert_eq!(got.finishes(), ["stop"]);
+    let roles = got
+        .chunks
+        .iter()
+        .filter(|c| c.pointer("/choices/0/delta/role").is_some())
+        .count();
+    assert_eq!(roles, 1, "one role for the whole stream");
+    assert!(got.chunks.iter().all(|c| c["id"] == "chatcmpl-s1"));
+    let sent = g.sent();
+    assert_eq!(sent[1]["messages"][1]["content"], "Let me check.");
+    assert_paired(&sent[1]);
+    g.proxy.verify_receipts();
+}

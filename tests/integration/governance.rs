@@ -671,9 +671,15 @@ async fn tokens_mode_refuses_without_a_valid_token_and_bounds_tools_by_scope() {
     };
     // No token, a client's own OpenAI key, a forged token, a token of another issuer.
     let other = tollgate::keys::generate().unwrap();
-    let mut forged = token(&gw.key, &["lookup"]);
-    forged.pop();
-    forged.push('A');
+    // A token whose claims were altered (one character of the claims part).
+    let genuine = token(&gw.key, &["lookup"]);
+    let at = "tg1_".len() + 10;
+    let swapped = if genuine.as_bytes()[at] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
+    let forged = format!("{}{swapped}{}", &genuine[..at], &genuine[at + 1..]);
     for auth in [
         None,
         Some("sk-proj-client-key".to_owned()),
