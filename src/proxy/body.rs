@@ -465,17 +465,31 @@ where
 }
 
 /// A response body fed through a channel, for streams tollgate writes itself
-/// (governed streams). Pieces already queued are sent together, as the relay
-/// batches events. It ends when the sender is dropped.
+/// (governed streams). Pieces already queued are sent together; when the queue
+/// runs dry with something gathered, the body yields to the runtime a few times
+/// first, so that the upstream connection and the task writing the stream can
+/// hand over what has already arrived (two hops, hence more yields than the
+/// relay's [`BATCH_YIELDS`]). It ends when the sender is dropped.
 #[derive(Debug)]
 pub struct ChannelBody {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
+    batch: BytesMut,
+    yields: u8,
+    closed: bool,
 }
+
+/// How many times in a row a [`ChannelBody`] yields before it writes what it has.
+const CHANNEL_BATCH_YIELDS: u8 = 4;
 
 impl ChannelBody {
     /// A body reading from `rx`.
     pub fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
-        Self { rx }
+        Self {
+            rx,
+            batch: BytesMut::new(),
+            yields: 0,
+            closed: false,
+        }
     }
 }
 
@@ -487,22 +501,31 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let first = match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(bytes)) => bytes,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        // Whatever else is already queued leaves in the same write.
-        let mut batch: Option<BytesMut> = None;
-        while batch.as_ref().map_or(first.len(), BytesMut::len) < MAX_BATCH_BYTES {
-            let Ok(more) = self.rx.try_recv() else {
-                break;
-            };
-            batch
-                .get_or_insert_with(|| BytesMut::from(&first[..]))
-                .extend_from_slice(&more);
+        let this = &mut *self;
+        while !this.closed && this.batch.len() < MAX_BATCH_BYTES {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(bytes)) => {
+                    this.batch.extend_from_slice(&bytes);
+                    this.yields = 0;
+                }
+                Poll::Ready(None) => this.closed = true,
+                Poll::Pending => {
+                    if this.batch.is_empty() {
+                        return Poll::Pending;
+                    }
+                    if this.yields < CHANNEL_BATCH_YIELDS {
+                        this.yields += 1;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    break;
+                }
+            }
         }
-        let bytes = batch.map_or(first, BytesMut::freeze);
-        Poll::Ready(Some(Ok(Frame::data(bytes))))
+        this.yields = 0;
+        if this.batch.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(Frame::data(this.batch.split().freeze()))))
     }
 }
