@@ -313,6 +313,19 @@ impl Gateway {
         }
     }
 
+    /// What a relayed (ungoverned) request sends upstream as `authorization`:
+    /// nothing new in passthrough mode (no agent id is needed, so the key is not
+    /// hashed), tollgate's own key for a valid token in tokens mode.
+    pub fn relay_authorization(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<HeaderValue>, ProxyError> {
+        match self.auth {
+            Auth::Passthrough => Ok(None),
+            Auth::Tokens { .. } => Ok(self.identify(headers)?.upstream_authorization),
+        }
+    }
+
     /// Whether the approvals admin API is on.
     pub fn admin_enabled(&self) -> bool {
         self.admin_token.is_some()

@@ -473,7 +473,8 @@ where
 #[derive(Debug)]
 pub struct ChannelBody {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
-    batch: BytesMut,
+    batch: Vec<Bytes>,
+    batch_len: usize,
     yields: u8,
     closed: bool,
 }
@@ -486,7 +487,8 @@ impl ChannelBody {
     pub fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
         Self {
             rx,
-            batch: BytesMut::new(),
+            batch: Vec::new(),
+            batch_len: 0,
             yields: 0,
             closed: false,
         }
@@ -502,10 +504,11 @@ impl Body for ChannelBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        while !this.closed && this.batch.len() < MAX_BATCH_BYTES {
+        while !this.closed && this.batch_len < MAX_BATCH_BYTES {
             match this.rx.poll_recv(cx) {
                 Poll::Ready(Some(bytes)) => {
-                    this.batch.extend_from_slice(&bytes);
+                    this.batch_len += bytes.len();
+                    this.batch.push(bytes);
                     this.yields = 0;
                 }
                 Poll::Ready(None) => this.closed = true,
@@ -523,9 +526,13 @@ impl Body for ChannelBody {
             }
         }
         this.yields = 0;
-        if this.batch.is_empty() {
-            return Poll::Ready(None);
-        }
-        Poll::Ready(Some(Ok(Frame::data(this.batch.split().freeze()))))
+        this.batch_len = 0;
+        // One piece goes as it is; several are joined into one write.
+        let bytes = match this.batch.len() {
+            0 => return Poll::Ready(None),
+            1 => this.batch.pop().unwrap_or_default(),
+            _ => Bytes::from(std::mem::take(&mut this.batch).concat()),
+        };
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 }

@@ -397,27 +397,35 @@ impl EventSource for UpstreamEvents {
     }
 }
 
-/// Opens one round's stream: an event stream, or the reason it is not one.
+/// One round's answer to a streaming request.
+enum Opened {
+    /// An event stream, to be read event by event.
+    Stream(http::response::Parts, UpstreamEvents),
+    /// An error status, with its body read whole.
+    Refused(http::response::Parts, Bytes),
+}
+
+/// Sends one streaming round upstream: an event stream, an error answer, or
+/// why the answer cannot be governed.
 async fn open_stream(
     shared: &Shared,
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
-) -> Result<(http::response::Parts, UpstreamEvents), GovernError> {
+) -> Result<Opened, ProxyError> {
     let response = send_round(shared, uri, headers, body).await?;
     let (parts, body) = response.into_parts();
     if !parts.status.is_success() {
-        let bytes = read_answer(shared, body).await.unwrap_or_default();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        return Err(GovernError::Upstream(parts.status.as_u16(), value));
+        let bytes = read_answer(shared, body).await?;
+        return Ok(Opened::Refused(parts, bytes));
     }
     if !is_event_stream(&parts.headers) || is_encoded(&parts.headers) {
-        return Err(GovernError::Relay(ProxyError::UpstreamInvalid {
+        return Err(ProxyError::UpstreamInvalid {
             detail: "a streaming request was not answered with a plain event stream".into(),
-        }));
+        });
     }
     let idle = shared.config.timeouts.idle;
-    Ok((parts, UpstreamEvents::new(body, idle)))
+    Ok(Opened::Stream(parts, UpstreamEvents::new(body, idle)))
 }
 
 async fn stream(
@@ -435,18 +443,10 @@ async fn stream(
     } = turn;
     // The first round decides the response's status and headers. An error
     // status goes back as the upstream sent it.
-    let response = send_round(shared, &uri, &headers, first_body).await?;
-    let (mut parts, body) = response.into_parts();
-    if !parts.status.is_success() {
-        let bytes = read_answer(shared, body).await?;
-        return Ok(respond(parts, bytes));
-    }
-    if !is_event_stream(&parts.headers) || is_encoded(&parts.headers) {
-        return Err(ProxyError::UpstreamInvalid {
-            detail: "a streaming request was not answered with a plain event stream".into(),
-        });
-    }
-    let first = UpstreamEvents::new(body, shared.config.timeouts.idle);
+    let (mut parts, first) = match open_stream(shared, &uri, &headers, first_body).await? {
+        Opened::Stream(parts, events) => (parts, events),
+        Opened::Refused(parts, bytes) => return Ok(respond(parts, bytes)),
+    };
     parts.version = Version::default();
     remove_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -463,9 +463,13 @@ async fn stream(
             let headers = headers.clone();
             let body = Bytes::from(round_request.to_string());
             async move {
-                open_stream(&shared, &uri, &headers, body)
-                    .await
-                    .map(|(_, events)| events)
+                match open_stream(&shared, &uri, &headers, body).await? {
+                    Opened::Stream(_, events) => Ok(events),
+                    Opened::Refused(parts, bytes) => Err(GovernError::Upstream(
+                        parts.status.as_u16(),
+                        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                    )),
+                }
             }
         };
         let end = task_shared

@@ -74,11 +74,12 @@ async fn route(
         return admin::handle(shared, req.method(), req.headers(), rest, req.uri().query()).await;
     }
     admit(shared, &req)?;
-    let identity = shared.gateway.identify(req.headers())?;
     if shared.config.govern.mode == Mode::Govern && govern::is_chat(req.method(), req.uri()) {
+        let identity = shared.gateway.identify(req.headers())?;
         return govern::chat(shared, req, request_id, identity).await;
     }
-    forward(shared, req, request_id, identity.upstream_authorization).await
+    let authorization = shared.gateway.relay_authorization(req.headers())?;
+    forward(shared, req, request_id, authorization).await
 }
 
 /// Refuses what cannot be relayed, before anything is sent upstream.
