@@ -14,8 +14,9 @@
 //! - `x-mock-chunks: N` sets the number of content deltas of a stream,
 //!   `x-mock-first-ms` and `x-mock-interval-ms` the pause before the first event
 //!   and between events.
-//! - `POST /v1/chat/completions` with the model `mock-agent`, plain or streaming: a
-//!   deterministic stand-in for a model that uses tools (see below).
+//! - `POST /v1/chat/completions` and `POST /v1/responses` with the model
+//!   `mock-agent`, plain or streaming: a deterministic stand-in for a model that
+//!   uses tools (see below).
 //! - Anything else: 404 in OpenAI's error shape.
 //!
 //! # The `mock-agent` model
@@ -45,6 +46,18 @@
 //!   chunk when `stream_options.include_usage` is true, and `data: [DONE]`. Each
 //!   answer has its own `chatcmpl-mockagent<counter>` id.
 //!
+//! On the Responses API the same orders are followed with this surface's items:
+//! `function_call` items answered by `function_call_output` items (the reply to
+//! a trailing run of outputs quotes their `output`), responses stored (unless
+//! `store: false`) so that `previous_response_id` continues them (an unknown id is
+//! the API's 400), the API's pairing errors (`No tool output found for function
+//! call …`, `No tool call found for function call output …`), and, when the
+//! request sets `reasoning`, a `reasoning` item with `encrypted_content` before
+//! the answer, which every call made after it needs replayed before it (the
+//! API's "provided without its required 'reasoning' item"). Ids are
+//! `resp_mockagent<n>`, `msg_mockagent<n>`, `rs_mockagent<n>`, `fc_mockagent<c>`
+//! and `call_<index>_<c>`; usage is 10 input and 5 output tokens per answer.
+//!
 //! Tools may be declared in any shape the API accepts (`strict`,
 //! `additionalProperties`, descriptions and unknown fields are ignored).
 
@@ -54,8 +67,8 @@
 mod mock;
 
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -615,6 +628,284 @@ fn responses(request: &Recorded, body: &Value) -> Reply {
     sse_reply(request, events)
 }
 
+/// What the `mock-agent` model stored of each response (`store` not false): the
+/// whole conversation up to and including its output, for `previous_response_id`.
+static STORED: Mutex<Vec<(String, Vec<Value>)>> = Mutex::new(Vec::new());
+
+/// The reasoning item each `mock-agent` function call belongs to, by call item id.
+static REASONING_OF: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// The input items of a Responses request: a string is one user message.
+fn request_items(body: &Value) -> Vec<Value> {
+    match &body["input"] {
+        Value::String(text) => vec![json!({"type": "message", "role": "user", "content": text})],
+        Value::Array(items) => items.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn item_type(item: &Value) -> &str {
+    item["type"].as_str().unwrap_or("message")
+}
+
+/// Checks a Responses conversation the way the API does: every call has its
+/// output, every output its call, and a call that was made after reasoning comes
+/// with that reasoning item.
+fn check_responses_pairing(items: &[Value]) -> Result<(), Reply> {
+    let reasoning = REASONING_OF.lock().unwrap().clone();
+    let mut calls: Vec<&str> = Vec::new();
+    let mut seen_ids: Vec<&str> = Vec::new();
+    for item in items {
+        match item_type(item) {
+            "function_call" | "custom_tool_call" => {
+                if let Some(id) = item["id"].as_str()
+                    && let Some((_, rs)) = reasoning.iter().find(|(fc, _)| fc == id)
+                    && !seen_ids.contains(&rs.as_str())
+                {
+                    return Err(invalid_request(
+                        &format!(
+                            "Item '{id}' of type 'function_call' was provided without its required 'reasoning' item: '{rs}'."
+                        ),
+                        json!("input"),
+                    ));
+                }
+                calls.push(item["call_id"].as_str().unwrap_or_default());
+            }
+            "function_call_output" | "custom_tool_call_output" => {
+                let id = item["call_id"].as_str().unwrap_or_default();
+                if !calls.contains(&id) {
+                    return Err(invalid_request(
+                        &format!("No tool call found for function call output with call_id {id}."),
+                        json!("input"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if let Some(id) = item["id"].as_str() {
+            seen_ids.push(id);
+        }
+    }
+    for call in calls {
+        let answered = items.iter().any(|i| {
+            matches!(
+                item_type(i),
+                "function_call_output" | "custom_tool_call_output"
+            ) && i["call_id"] == call
+        });
+        if !answered {
+            return Err(invalid_request(
+                &format!("No tool output found for function call {call}."),
+                json!("input"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `mock-agent` model on the Responses API (see the module documentation).
+fn agent_responses(request: &Recorded, body: &Value) -> Reply {
+    let mut context = Vec::new();
+    if let Some(previous) = body["previous_response_id"].as_str() {
+        let stored = STORED.lock().unwrap();
+        match stored.iter().find(|(id, _)| id == previous) {
+            Some((_, items)) => context.extend(items.iter().cloned()),
+            None => {
+                return json_reply(
+                    400,
+                    json!({"error": {"message": format!("Previous response with id '{previous}' not found."),
+                        "type": "invalid_request_error", "param": "previous_response_id", "code": "previous_response_not_found"}}),
+                );
+            }
+        }
+    }
+    context.extend(request_items(body));
+    if let Err(reply) = check_responses_pairing(&context) {
+        return reply;
+    }
+    let n = AGENT_ANSWERS.fetch_add(1, Ordering::Relaxed);
+    let trailing: Vec<String> = context
+        .iter()
+        .rev()
+        .take_while(|i| {
+            matches!(
+                item_type(i),
+                "function_call_output" | "custom_tool_call_output"
+            )
+        })
+        .map(|i| content_text(&i["output"]))
+        .collect();
+    let mut output = Vec::new();
+    let reasoning_id = format!("rs_mockagent{n}");
+    if !body["reasoning"].is_null() {
+        output.push(
+            json!({"id": reasoning_id, "type": "reasoning", "summary": [],
+            "encrypted_content": format!("gAAAAB-mock-opaque-{n}=")}),
+        );
+    }
+    if !trailing.is_empty() {
+        let results: Vec<String> = trailing.into_iter().rev().collect();
+        let text = format!("Tool results: {}", results.join(" | "));
+        output.push(json!({"id": format!("msg_mockagent{n}"), "type": "message", "status": "completed",
+            "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}));
+    } else {
+        let user = context
+            .iter()
+            .rev()
+            .find(|i| i["role"] == "user")
+            .map(|i| content_text(&i["content"]))
+            .unwrap_or_default();
+        let wanted = match directives(&user) {
+            Ok(w) => w,
+            Err(e) => return invalid_request(&e, json!("input")),
+        };
+        if wanted.is_empty() {
+            output.push(json!({"id": format!("msg_mockagent{n}"), "type": "message", "status": "completed",
+                "role": "assistant", "content": [{"type": "output_text", "text": "Hello from the mock", "annotations": []}]}));
+        }
+        let declared = declared_tools(body);
+        for (index, (name, arguments)) in wanted.into_iter().enumerate() {
+            if !declared.contains(&name) {
+                return invalid_request(
+                    &format!(
+                        "mock-agent: the user asked for a call to {name:?}, which is not among the request's tools ({})",
+                        declared.join(", ")
+                    ),
+                    json!("tools"),
+                );
+            }
+            let c = AGENT_CALLS.fetch_add(1, Ordering::Relaxed);
+            let fc = format!("fc_mockagent{c}");
+            if !body["reasoning"].is_null() {
+                REASONING_OF
+                    .lock()
+                    .unwrap()
+                    .push((fc.clone(), reasoning_id.clone()));
+            }
+            output.push(
+                json!({"id": fc, "type": "function_call", "status": "completed",
+                "arguments": arguments, "call_id": format!("call_{index}_{c}"), "name": name}),
+            );
+        }
+    }
+    let id = format!("resp_mockagent{n}");
+    if body["store"] != json!(false) {
+        let mut items = context;
+        items.extend(output.iter().cloned());
+        STORED.lock().unwrap().push((id.clone(), items));
+    }
+    let usage = json!({"input_tokens": AGENT_PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": AGENT_COMPLETION_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": AGENT_PROMPT_TOKENS + AGENT_COMPLETION_TOKENS});
+    let response = |status: &str, output: Value, usage: Value| {
+        json!({"id": id, "object": "response", "created_at": 1_741_294_021u64 + n, "status": status,
+            "background": false, "error": null, "incomplete_details": null, "instructions": body["instructions"],
+            "max_output_tokens": null, "model": "mock-agent", "output": output, "parallel_tool_calls": true,
+            "previous_response_id": body["previous_response_id"], "reasoning": {"effort": null, "summary": null},
+            "store": body["store"] != json!(false), "temperature": 1.0, "text": {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice").cloned().unwrap_or(json!("auto")),
+            "tools": body.get("tools").cloned().unwrap_or(json!([])), "top_p": 1.0,
+            "truncation": "disabled", "usage": usage, "metadata": {}})
+    };
+    if body["stream"] != json!(true) {
+        return json_reply(200, response("completed", json!(output), usage));
+    }
+    let mut seq = 0u64;
+    let mut events = Vec::new();
+    let mut push = |kind: &str, fields: Value| {
+        let mut data = json!({"type": kind, "sequence_number": seq});
+        if let (Some(map), Value::Object(extra)) = (data.as_object_mut(), fields) {
+            map.extend(extra);
+        }
+        seq += 1;
+        events.push(format!("event: {kind}\ndata: {data}\n\n"));
+    };
+    push(
+        "response.created",
+        json!({"response": response("in_progress", json!([]), Value::Null)}),
+    );
+    push(
+        "response.in_progress",
+        json!({"response": response("in_progress", json!([]), Value::Null)}),
+    );
+    for (index, item) in output.iter().enumerate() {
+        let item_id = item["id"].clone();
+        let mut added = item.clone();
+        match item_type(item) {
+            "message" => {
+                added["status"] = json!("in_progress");
+                added["content"] = json!([]);
+                push(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": added}),
+                );
+                let text = item["content"][0]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                push(
+                    "response.content_part.added",
+                    json!({"item_id": item_id, "output_index": index,
+                    "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+                );
+                for piece in text.split_inclusive(' ') {
+                    push(
+                        "response.output_text.delta",
+                        json!({"item_id": item_id, "output_index": index,
+                        "content_index": 0, "delta": piece, "logprobs": []}),
+                    );
+                }
+                push(
+                    "response.output_text.done",
+                    json!({"item_id": item_id, "output_index": index,
+                    "content_index": 0, "text": text, "logprobs": []}),
+                );
+                push(
+                    "response.content_part.done",
+                    json!({"item_id": item_id, "output_index": index,
+                    "content_index": 0, "part": {"type": "output_text", "text": text, "annotations": []}}),
+                );
+            }
+            "function_call" => {
+                added["status"] = json!("in_progress");
+                added["arguments"] = json!("");
+                push(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": added}),
+                );
+                let arguments = item["arguments"].as_str().unwrap_or_default().to_owned();
+                for piece in split_pieces(&arguments, 3) {
+                    push(
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": item_id,
+                        "output_index": index, "delta": piece}),
+                    );
+                }
+                push(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item_id,
+                    "output_index": index, "arguments": arguments}),
+                );
+            }
+            _ => {
+                push(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": added}),
+                );
+            }
+        }
+        push(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        );
+    }
+    push(
+        "response.completed",
+        json!({"response": response("completed", json!(output), usage)}),
+    );
+    sse_reply(request, events)
+}
+
 fn respond(request: &Recorded) -> Reply {
     let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or_default();
@@ -647,6 +938,7 @@ fn respond(request: &Recorded) -> Reply {
         ),
         ("POST", "/v1/chat/completions") if model == "mock-agent" => agent_chat(request, &body),
         ("POST", "/v1/chat/completions") => chat(request, &body),
+        ("POST", "/v1/responses") if model == "mock-agent" => agent_responses(request, &body),
         ("POST", "/v1/responses") => responses(request, &body),
         _ => error_reply(
             404,

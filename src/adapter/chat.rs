@@ -12,36 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-/// A tool tollgate hosts, as the model sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GovernedTool {
-    /// `server__tool`.
-    pub name: String,
-    /// What it does.
-    pub description: String,
-    /// JSON Schema of its arguments.
-    pub parameters: Value,
-}
-
-/// A request tollgate cannot govern as sent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AdapterError {
-    /// The body is not a JSON object.
-    #[error("the request body is not a JSON object")]
-    NotAnObject,
-    /// A field has the wrong shape.
-    #[error("`{field}` is malformed: {message}")]
-    Malformed {
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// A client tool has a governed tool's name.
-    #[error("the tool `{0}` is provided by the gateway; a client tool cannot have the same name")]
-    NameClash(String),
-}
+pub use super::{AdapterError, GovernedTool, add_usage};
 
 /// Adds the governed tools to a request's `tools`. A request without tools gets a
 /// `tools` list of its own; `tool_choice` is left as the client set it.
@@ -224,29 +195,6 @@ pub fn assistant_message(response: &Value, choice: u64) -> Option<Value> {
 /// A `role: tool` message answering call `id`.
 pub fn tool_message(id: &str, content: &str) -> Value {
     json!({"role": "tool", "tool_call_id": id, "content": content})
-}
-
-/// Adds `add`'s usage to `total` (prompt, completion and total tokens, and the
-/// numeric details), for a response made of several rounds.
-pub fn add_usage(total: &mut Value, add: &Value) {
-    match (total, add) {
-        (Value::Object(t), Value::Object(a)) => {
-            for (key, value) in a {
-                match t.get_mut(key) {
-                    Some(existing) => add_usage(existing, value),
-                    None => {
-                        t.insert(key.clone(), value.clone());
-                    }
-                }
-            }
-        }
-        (t @ Value::Number(_), Value::Number(a)) => {
-            if let (Some(x), Some(y)) = (t.as_u64(), a.as_u64()) {
-                *t = Value::from(x + y);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// One tool call put back together from stream fragments.

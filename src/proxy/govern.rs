@@ -1,5 +1,6 @@
-//! The governed endpoint `POST /v1/chat/completions`: the HTTP side of the turn
-//! loop in [`crate::turn::chat`].
+//! The governed endpoints `POST /v1/chat/completions` and `POST /v1/responses`:
+//! the HTTP side of the turn loops in [`crate::turn::chat`] and
+//! [`crate::turn::responses`].
 //!
 //! The request body is read whole (within the body limit and idle timeout),
 //! spliced and given the governed tools, then sent upstream; each round's
@@ -29,14 +30,22 @@ use super::sse::{Framer, split_events};
 use super::upstream;
 use crate::error::ProxyError;
 use crate::gateway::Identity;
+use crate::turn::Surface;
 use crate::turn::chat::{EventSource, GovernError, StreamEnd};
 
 /// The most bytes of one upstream JSON answer tollgate reads.
 pub const MAX_UPSTREAM_JSON_BYTES: usize = 64 * 1024 * 1024;
 
-/// Whether a request goes through the Chat Completions loop.
-pub fn is_chat(method: &http::Method, uri: &Uri) -> bool {
-    method == http::Method::POST && uri.path().trim_end_matches('/') == "/v1/chat/completions"
+/// The governed surface a request is for, if any.
+pub fn surface(method: &http::Method, uri: &Uri) -> Option<Surface> {
+    if method != http::Method::POST {
+        return None;
+    }
+    match uri.path().trim_end_matches('/') {
+        "/v1/chat/completions" => Some(Surface::Chat),
+        "/v1/responses" => Some(Surface::Responses),
+        _ => None,
+    }
 }
 
 /// Reads a client's body whole, within the limits.
@@ -176,12 +185,13 @@ fn governance_error(error: GovernError) -> ProxyError {
     }
 }
 
-/// Governs one `POST /v1/chat/completions`.
-pub async fn chat(
+/// Governs one request on a governed surface.
+pub async fn govern(
     shared: &Arc<Shared>,
     req: Request<Incoming>,
     request_id: &Arc<str>,
     identity: Identity,
+    surface: Surface,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
     if is_encoded(&parts.headers) {
@@ -201,15 +211,18 @@ pub async fn chat(
         }
     };
     let governance = shared.gateway.governance();
-    let changed = governance
-        .prepare(&identity.caller, &mut request)
-        .map_err(governance_error)?;
+    let changed = match surface {
+        Surface::Chat => governance.prepare(&identity.caller, &mut request),
+        Surface::Responses => governance.prepare_responses(&identity.caller, &mut request),
+    }
+    .map_err(governance_error)?;
     let has_tools = request
         .get("tools")
         .and_then(Value::as_array)
         .is_some_and(|t| !t.is_empty())
         || request.get("functions").is_some();
-    if has_tools
+    if surface == Surface::Chat
+        && has_tools
         && request
             .get("n")
             .and_then(Value::as_u64)
@@ -226,6 +239,7 @@ pub async fn chat(
         original
     };
     let turn = Prepared {
+        surface,
         uri: upstream::target(&shared.config.upstream, &parts.uri)?,
         headers: round_headers(parts.headers, &identity),
         identity,
@@ -242,6 +256,7 @@ pub async fn chat(
 
 /// A governed request, ready for its first round.
 struct Prepared {
+    surface: Surface,
     identity: Identity,
     request: Value,
     uri: Uri,
@@ -256,6 +271,7 @@ async fn plain(
     turn: Prepared,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Prepared {
+        surface,
         identity,
         request,
         uri,
@@ -294,11 +310,19 @@ async fn plain(
             })
         }
     };
-    let result = shared
-        .gateway
-        .governance()
-        .run(&identity.caller, request_id, request, upstream)
-        .await;
+    let governance = shared.gateway.governance();
+    let result = match surface {
+        Surface::Chat => {
+            governance
+                .run(&identity.caller, request_id, request, upstream)
+                .await
+        }
+        Surface::Responses => {
+            governance
+                .run_responses(&identity.caller, request_id, request, upstream)
+                .await
+        }
+    };
     let last = lock(&last).take();
     match (result, last) {
         (Ok(finished), Some((parts, bytes))) => {
@@ -434,6 +458,7 @@ async fn stream(
     turn: Prepared,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Prepared {
+        surface,
         identity,
         request,
         uri,
@@ -472,11 +497,20 @@ async fn stream(
                 }
             }
         };
-        let end = task_shared
-            .gateway
-            .governance()
-            .run_stream(&identity.caller, &request_id, request, first, upstream, &tx)
-            .await;
+        let governance = task_shared.gateway.governance();
+        let caller = &identity.caller;
+        let end = match surface {
+            Surface::Chat => {
+                governance
+                    .run_stream(caller, &request_id, request, first, upstream, &tx)
+                    .await
+            }
+            Surface::Responses => {
+                governance
+                    .run_responses_stream(caller, &request_id, request, first, upstream, &tx)
+                    .await
+            }
+        };
         match end {
             StreamEnd::Completed => {}
             StreamEnd::Failed(message) => {

@@ -74,9 +74,11 @@ async fn route(
         return admin::handle(shared, req.method(), req.headers(), rest, req.uri().query()).await;
     }
     admit(shared, &req)?;
-    if shared.config.govern.mode == Mode::Govern && govern::is_chat(req.method(), req.uri()) {
+    if shared.config.govern.mode == Mode::Govern
+        && let Some(surface) = govern::surface(req.method(), req.uri())
+    {
         let identity = shared.gateway.identify(req.headers())?;
-        return govern::chat(shared, req, request_id, identity).await;
+        return govern::govern(shared, req, request_id, identity, surface).await;
     }
     let authorization = shared.gateway.relay_authorization(req.headers())?;
     forward(shared, req, request_id, authorization).await

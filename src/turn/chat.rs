@@ -20,7 +20,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{SpliceError, SpliceStore, Turn, refusal_output, splice_chat};
+use super::responses::ResponsesTurn;
+use super::{SpliceError, SpliceStore, Surface, Turn, refusal_output, splice_chat};
 use crate::adapter::chat::{
     self as adapter, AdapterError, GovernedTool, RoundEnd, StreamOutput, StreamRewriter, add_usage,
     chunk_shape, function_message, inject_tools, tool_calls, tool_message, without_calls,
@@ -31,9 +32,6 @@ use crate::kernel::policy::Policy;
 use crate::kernel::{Call, Kernel, Now, Outcome};
 use crate::receipt::{ActionRecord, Draft, DraftContext, LogError, Reason, ReceiptLog};
 use crate::tools::http::HttpTool;
-
-/// The surface name receipts carry.
-pub const SURFACE: &str = "chat.completions";
 
 /// Tunables of the loop.
 #[derive(Debug, Clone)]
@@ -66,6 +64,7 @@ pub struct Governance {
     receipts: ReceiptLog,
     tools: Vec<HttpTool>,
     splice: SpliceStore,
+    pub(super) responses: SpliceStore<ResponsesTurn>,
     settings: Settings,
     http: reqwest::Client,
 }
@@ -130,22 +129,23 @@ pub enum StreamEnd {
 }
 
 /// What happens to one decided call.
-enum Settled {
+pub(super) enum Settled {
     /// Goes to the client.
     Relay,
     /// Answered here, with this output.
     Handled(String),
 }
 
-/// One call to decide, in either surface's form.
-struct Pending<'a> {
-    id: &'a str,
-    name: &'a str,
-    arguments: &'a str,
-    custom: bool,
+/// One call to decide, in any surface's form.
+pub(super) struct Pending<'a> {
+    pub(super) id: &'a str,
+    pub(super) name: &'a str,
+    pub(super) arguments: &'a str,
+    pub(super) custom: bool,
 }
 
-fn from_error(error: &GovernError) -> String {
+/// What a failed round tells the client.
+pub(super) fn from_error(error: &GovernError) -> String {
     match error {
         GovernError::Upstream(status, body) => body
             .pointer("/error/message")
@@ -175,6 +175,7 @@ impl Governance {
             receipts,
             tools,
             splice: SpliceStore::new(settings.splice_turns, settings.splice_ttl),
+            responses: SpliceStore::new(settings.splice_turns, settings.splice_ttl),
             settings,
             http,
         })
@@ -257,12 +258,13 @@ impl Governance {
 
     /// Decides one call, makes its receipt durable, then acts: a governed tool
     /// runs, a refusal becomes the model's tool output, a client call is relayed.
-    async fn settle(
+    pub(super) async fn settle(
         &self,
         caller: &Caller,
         request_id: &str,
         call: Pending<'_>,
         round: u32,
+        surface: Surface,
     ) -> Result<Settled, GovernError> {
         let kernel = self.kernel();
         let governed = self.governed(call.name);
@@ -294,8 +296,8 @@ impl Governance {
             DraftContext {
                 server_id: &self.settings.server_id,
                 request_id,
-                surface: SURFACE,
-                metadata: json!({"adapter": "chat", "route": route, "round": round}),
+                surface: surface.name(),
+                metadata: json!({"adapter": surface.adapter(), "route": route, "round": round}),
             },
         );
         // No receipt, no effect.
@@ -318,10 +320,11 @@ impl Governance {
 
     /// Records that the loop stopped at the round limit; returns the message the
     /// client gets.
-    async fn stop_at_max_rounds(
+    pub(super) async fn stop_at_max_rounds(
         &self,
         caller: &Caller,
         request_id: &str,
+        surface: Surface,
     ) -> Result<String, GovernError> {
         let rounds = self.settings.max_rounds;
         let message = format!(
@@ -338,7 +341,7 @@ impl Governance {
                 server_id: self.settings.server_id.clone(),
                 agent_id: caller.agent_id.clone(),
                 request_id: request_id.to_owned(),
-                surface: SURFACE.into(),
+                surface: surface.name().into(),
                 action: ActionRecord {
                     tool_name: String::new(),
                     tool_call_id: String::new(),
@@ -346,7 +349,7 @@ impl Governance {
                     parameters_hash: String::new(),
                 },
                 policy_hash: self.kernel().policy().hash().to_owned(),
-                metadata: json!({"adapter": "chat", "rounds": rounds}),
+                metadata: json!({"adapter": surface.adapter(), "rounds": rounds}),
             })
             .await?;
         Ok(message)
@@ -398,7 +401,10 @@ impl Governance {
                     arguments: &call.arguments,
                     custom: call.kind == adapter::CallKind::Custom,
                 };
-                match self.settle(caller, request_id, pending, round).await? {
+                match self
+                    .settle(caller, request_id, pending, round, Surface::Chat)
+                    .await?
+                {
                     Settled::Relay => relayed.push(call.id.clone()),
                     Settled::Handled(output) => handled.push((call.id.clone(), output)),
                 }
@@ -415,6 +421,7 @@ impl Governance {
                     && let Some(assistant) = adapter::assistant_message(&response, 0)
                 {
                     self.splice.remember(
+                        relayed.clone(),
                         Turn {
                             assistant,
                             handled: handled.clone(),
@@ -439,7 +446,9 @@ impl Governance {
             last = response;
         }
         // Out of rounds: say so, and record it.
-        let message = self.stop_at_max_rounds(caller, request_id).await?;
+        let message = self
+            .stop_at_max_rounds(caller, request_id, Surface::Chat)
+            .await?;
         let mut final_response = last;
         if let Some(choice) = final_response.pointer_mut("/choices/0") {
             choice["message"] = json!({"role": "assistant", "content": message, "refusal": null});
@@ -503,7 +512,10 @@ impl Governance {
                 Err(error) => return driver.fail(&from_error(&error)).await,
             };
         }
-        let message = match self.stop_at_max_rounds(caller, request_id).await {
+        let message = match self
+            .stop_at_max_rounds(caller, request_id, Surface::Chat)
+            .await
+        {
             Ok(m) => m,
             Err(error) => return driver.fail(&from_error(&error)).await,
         };
@@ -618,7 +630,10 @@ impl Governance {
                             arguments: &call.arguments,
                             custom: call.kind == "custom",
                         };
-                        match self.settle(caller, request_id, pending, round).await {
+                        match self
+                            .settle(caller, request_id, pending, round, Surface::Chat)
+                            .await
+                        {
                             Ok(Settled::Relay) => {
                                 relayed.push(call.id.clone());
                                 let chunk = driver.rw.relay(&call);
@@ -651,6 +666,7 @@ impl Governance {
         let end = driver.rw.end_round();
         if !relayed.is_empty() && !end.handled.is_empty() {
             self.splice.remember(
+                relayed.clone(),
                 Turn {
                     assistant: end.assistant.clone(),
                     handled: end.handled.clone(),

@@ -31,21 +31,31 @@ pub struct Turn {
     pub relayed: Vec<String>,
 }
 
-/// Remembered turns, by relayed call id.
+/// Remembered turns, each under one or more keys (call ids, item ids, response
+/// ids).
 #[derive(Debug)]
-pub struct SpliceStore {
+pub struct SpliceStore<T = Turn> {
     max_turns: usize,
     ttl: Duration,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<T>>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    by_call: HashMap<String, Arc<Turn>>,
-    order: VecDeque<(Instant, Arc<Turn>)>,
+#[derive(Debug)]
+struct Inner<T> {
+    by_key: HashMap<String, Arc<T>>,
+    order: VecDeque<(Instant, Vec<String>, Arc<T>)>,
 }
 
-impl SpliceStore {
+impl<T> Default for Inner<T> {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> SpliceStore<T> {
     /// A store of at most `max_turns` turns, each kept for `ttl`.
     pub fn new(max_turns: usize, ttl: Duration) -> Self {
         Self {
@@ -55,50 +65,54 @@ impl SpliceStore {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         match self.inner.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// Remembers a turn at `now`, dropping expired and (past the bound) oldest turns.
-    pub fn remember(&self, turn: Turn, now: Instant) {
+    /// Remembers a turn under `keys` at `now`, dropping expired and (past the
+    /// bound) oldest turns.
+    pub fn remember(&self, keys: Vec<String>, turn: T, now: Instant) {
         let turn = Arc::new(turn);
         let mut inner = self.lock();
         Self::expire(&mut inner, now, self.ttl);
         while inner.order.len() >= self.max_turns {
-            if let Some((_, old)) = inner.order.pop_front() {
-                for id in &old.relayed {
-                    inner.by_call.remove(id);
+            Self::forget_oldest(&mut inner);
+        }
+        for key in &keys {
+            inner.by_key.insert(key.clone(), turn.clone());
+        }
+        inner.order.push_back((now, keys, turn));
+    }
+
+    fn forget_oldest(inner: &mut Inner<T>) {
+        if let Some((_, keys, old)) = inner.order.pop_front() {
+            for key in &keys {
+                // A key a newer turn took over stays with it.
+                if inner.by_key.get(key).is_some_and(|t| Arc::ptr_eq(t, &old)) {
+                    inner.by_key.remove(key);
                 }
             }
         }
-        for id in &turn.relayed {
-            inner.by_call.insert(id.clone(), turn.clone());
-        }
-        inner.order.push_back((now, turn));
     }
 
-    fn expire(inner: &mut Inner, now: Instant, ttl: Duration) {
+    fn expire(inner: &mut Inner<T>, now: Instant, ttl: Duration) {
         while inner
             .order
             .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= ttl)
+            .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) >= ttl)
         {
-            if let Some((_, old)) = inner.order.pop_front() {
-                for id in &old.relayed {
-                    inner.by_call.remove(id);
-                }
-            }
+            Self::forget_oldest(inner);
         }
     }
 
-    /// The turn a relayed call id belongs to, if still remembered.
-    pub fn find(&self, call_id: &str, now: Instant) -> Option<Arc<Turn>> {
+    /// The turn remembered under `key`, if still there.
+    pub fn find(&self, key: &str, now: Instant) -> Option<Arc<T>> {
         let mut inner = self.lock();
         Self::expire(&mut inner, now, self.ttl);
-        inner.by_call.get(call_id).cloned()
+        inner.by_key.get(key).cloned()
     }
 
     /// How many turns are remembered.
@@ -128,7 +142,7 @@ pub enum SpliceError {
 /// many turns were spliced.
 pub fn splice_chat(
     messages: &mut Vec<Value>,
-    store: &SpliceStore,
+    store: &SpliceStore<Turn>,
     now: Instant,
 ) -> Result<usize, SpliceError> {
     let mut spliced = 0;
@@ -217,9 +231,9 @@ mod tests {
 
     #[test]
     fn the_client_follow_up_gets_the_whole_turn_back_in_order() {
-        let store = SpliceStore::new(8, Duration::from_secs(60));
+        let store: SpliceStore = SpliceStore::new(8, Duration::from_secs(60));
         let now = Instant::now();
-        store.remember(turn(), now);
+        store.remember(turn().relayed, turn(), now);
         let mut messages = vec![
             json!({"role": "user", "content": "hi"}),
             json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_client", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]}),
@@ -240,9 +254,9 @@ mod tests {
 
     #[test]
     fn a_missing_client_result_is_an_error_not_a_broken_conversation() {
-        let store = SpliceStore::new(8, Duration::from_secs(60));
+        let store: SpliceStore = SpliceStore::new(8, Duration::from_secs(60));
         let now = Instant::now();
-        store.remember(turn(), now);
+        store.remember(turn().relayed, turn(), now);
         let mut messages =
             vec![json!({"role": "assistant", "tool_calls": [{"id": "call_client"}]})];
         assert_eq!(
@@ -253,12 +267,12 @@ mod tests {
 
     #[test]
     fn turns_expire_and_the_store_is_bounded() {
-        let store = SpliceStore::new(2, Duration::from_secs(60));
+        let store: SpliceStore = SpliceStore::new(2, Duration::from_secs(60));
         let now = Instant::now();
         for n in 0..3 {
             let mut t = turn();
             t.relayed = vec![format!("call_{n}")];
-            store.remember(t, now);
+            store.remember(t.relayed.clone(), t, now);
         }
         assert_eq!(store.len(), 2);
         assert!(
@@ -277,6 +291,34 @@ mod tests {
 }
 
 pub mod chat;
+pub mod responses;
+
+/// The surface a governed request came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/responses`.
+    Responses,
+}
+
+impl Surface {
+    /// The name receipts carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat.completions",
+            Self::Responses => "responses",
+        }
+    }
+
+    /// The adapter's name, in receipt metadata.
+    pub fn adapter(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Responses => "responses",
+        }
+    }
+}
 
 /// What a model is told to do after a refusal.
 const RECOVERY: [&str; 3] = [

@@ -1,0 +1,639 @@
+//! The governed Responses API turn loop (SPEC section 2), plain and streaming,
+//! on the same kernel, receipts and governed tools as Chat Completions.
+//!
+//! Calls are `function_call` and `custom_tool_call` output items, answered by
+//! `call_id`. A round whose calls were all handled here continues upstream: from
+//! the round's response id when the upstream stores responses (the default), by
+//! replaying the round's items when it does not (`store: false`), inside the
+//! client's `conversation` when there is one. The client gets one response: the
+//! first round's id, the items of every round it may see, the usage of all.
+//!
+//! When something was hidden, the response is remembered ([`ResponsesTurn`]) so
+//! that the client's next request can be completed: a `previous_response_id`
+//! naming it continues from the last round's upstream response with the outputs
+//! the upstream has not had yet; a request that replays the items it was shown
+//! (found by item id and call id) gets every item of every round back, hidden
+//! calls and their outputs included, so the model sees a complete conversation.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::chat::{
+    Caller, EventSource, Finished, GovernError, Governance, Pending, Settled, StreamEnd, from_error,
+};
+use super::{SpliceStore, Surface};
+use crate::adapter::responses::{
+    self as adapter, CallKind, StreamOutput, StreamRewriter, Terminal, TerminalKind, answered_call,
+    continue_request, input_items, item_key, merge_response, message_item, output, output_item,
+    sum_usage,
+};
+
+/// A response tollgate changed, remembered for the client's next request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponsesTurn {
+    /// The id the client was given.
+    pub presented_id: String,
+    /// The last round's response id upstream, which a continuation resumes from.
+    pub upstream_id: Option<String>,
+    /// Every item of every round as the model wrote it, with tollgate's outputs
+    /// for the handled calls, in order.
+    pub items: Vec<Value>,
+    /// Outputs of handled calls the upstream has not been sent (the last
+    /// round's).
+    pub pending: Vec<Value>,
+    /// The keys of the items the client was shown (call ids for calls, item ids
+    /// otherwise).
+    pub shown: Vec<String>,
+}
+
+/// Puts remembered responses back into an `input` list: the items of a
+/// remembered response that the client replays (found by call id or item id,
+/// wherever they are) are replaced, at the first one's place, by every item of
+/// that response with the outputs of its handled calls. The client's own outputs
+/// and other items keep their order after it. `skip` is a response already
+/// continued by `previous_response_id`. Returns how many responses were put back.
+pub fn splice_responses(
+    items: &mut Vec<Value>,
+    store: &SpliceStore<ResponsesTurn>,
+    now: Instant,
+    skip: Option<&Arc<ResponsesTurn>>,
+) -> usize {
+    let mut done: Vec<Arc<ResponsesTurn>> = skip.into_iter().cloned().collect();
+    let mut i = 0;
+    while i < items.len() {
+        let turn = item_key(&items[i])
+            .and_then(|key| store.find(key, now))
+            .filter(|t| !done.iter().any(|d| Arc::ptr_eq(d, t)));
+        let Some(turn) = turn else {
+            i += 1;
+            continue;
+        };
+        let rest = items.split_off(i);
+        let others: Vec<Value> = rest
+            .into_iter()
+            .filter(|item| item_key(item).is_none_or(|k| !turn.shown.iter().any(|s| s == k)))
+            .collect();
+        items.extend(turn.items.iter().cloned());
+        let added = turn.items.len();
+        items.extend(others);
+        i += added;
+        done.push(turn);
+    }
+    done.len() - usize::from(skip.is_some())
+}
+
+/// What the client may see of a round: its items without the hidden calls.
+fn shown_items(response: &Value, hidden: &[String]) -> Vec<Value> {
+    output(response)
+        .iter()
+        .filter(|item| adapter::call_item(item).is_none_or(|c| !hidden.contains(&c.call_id)))
+        .cloned()
+        .collect()
+}
+
+/// The id of tollgate's own message when it ends a response itself.
+fn own_message_id(request_id: &str) -> String {
+    let clean: String = request_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("msg_tollgate_{clean}")
+}
+
+/// The items of a response across rounds, for the record.
+#[derive(Debug, Default)]
+struct Rounds {
+    /// Every item and tollgate output so far.
+    items: Vec<Value>,
+    /// Whether any call was handled here.
+    handled_any: bool,
+}
+
+impl Governance {
+    /// Readies a client's Responses request: a `previous_response_id` naming a
+    /// response tollgate changed continues from its last upstream round, with
+    /// the outputs the upstream has not had; replayed items of such a response
+    /// get every item back; governed tools are added to `tools`. Returns whether
+    /// anything changed.
+    pub fn prepare_responses(
+        &self,
+        caller: &Caller,
+        request: &mut Value,
+    ) -> Result<bool, GovernError> {
+        let now = Instant::now();
+        let mut changed = false;
+        let continued = request
+            .get("previous_response_id")
+            .and_then(Value::as_str)
+            .and_then(|id| {
+                self.responses
+                    .find(id, now)
+                    .filter(|t| t.presented_id == id)
+            });
+        if let Some(turn) = &continued {
+            if let Some(upstream_id) = &turn.upstream_id {
+                request["previous_response_id"] = Value::String(upstream_id.clone());
+            }
+            if !turn.pending.is_empty() {
+                let items = input_items(request)?;
+                let missing: Vec<Value> = turn
+                    .pending
+                    .iter()
+                    .filter(|p| {
+                        let id = answered_call(p);
+                        !items.iter().any(|i| answered_call(i) == id)
+                    })
+                    .cloned()
+                    .collect();
+                items.splice(0..0, missing);
+            }
+            changed = true;
+        }
+        if let Some(items) = request.get_mut("input").and_then(Value::as_array_mut) {
+            changed |= splice_responses(items, &self.responses, now, continued.as_ref()) > 0;
+        }
+        let visible = self.visible_tools(caller);
+        adapter::inject_tools(request, &visible)?;
+        changed |= !visible.is_empty();
+        Ok(changed)
+    }
+
+    /// Remembers a response something was hidden from, for the client's next
+    /// request.
+    fn remember_response(
+        &self,
+        presented_id: Option<&str>,
+        last: &Value,
+        rounds: Rounds,
+        shown: &[Value],
+        pending: Vec<Value>,
+    ) {
+        if !rounds.handled_any {
+            return;
+        }
+        let shown: Vec<String> = shown
+            .iter()
+            .filter_map(|item| item_key(item).map(str::to_owned))
+            .collect();
+        let mut keys = shown.clone();
+        if let Some(id) = presented_id {
+            keys.push(id.to_owned());
+        }
+        self.responses.remember(
+            keys,
+            ResponsesTurn {
+                presented_id: presented_id.unwrap_or_default().to_owned(),
+                upstream_id: last.get("id").and_then(Value::as_str).map(str::to_owned),
+                items: rounds.items,
+                pending,
+                shown,
+            },
+            Instant::now(),
+        );
+    }
+
+    /// Decides every call of a round; returns the outputs of the handled ones
+    /// (as input items) and the ids of the relayed ones.
+    async fn settle_round(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        response: &Value,
+        round: u32,
+    ) -> Result<(Vec<Value>, Vec<String>), GovernError> {
+        let mut handled = Vec::new();
+        let mut relayed = Vec::new();
+        for call in adapter::calls(response) {
+            let pending = Pending {
+                id: &call.call_id,
+                name: &call.name,
+                arguments: &call.arguments,
+                custom: call.kind == CallKind::Custom,
+            };
+            match self
+                .settle(caller, request_id, pending, round, Surface::Responses)
+                .await?
+            {
+                Settled::Relay => relayed.push(call.call_id.clone()),
+                Settled::Handled(text) => handled.push(output_item(&call, &text)),
+            }
+        }
+        Ok((handled, relayed))
+    }
+
+    /// Runs the plain loop on a prepared Responses request.
+    pub async fn run_responses<F, Fut>(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        mut request: Value,
+        mut upstream: F,
+    ) -> Result<Finished, GovernError>
+    where
+        F: FnMut(&Value) -> Fut,
+        Fut: Future<Output = Result<Value, GovernError>>,
+    {
+        let mut usage: Option<Value> = None;
+        let mut envelope = Value::Null;
+        let mut shown: Vec<Value> = Vec::new();
+        let mut rounds = Rounds::default();
+        let mut last = Value::Null;
+        let mut pending = Vec::new();
+        for round in 0..self.settings().max_rounds {
+            let response = upstream(&request).await?;
+            sum_usage(&mut usage, &response);
+            if round == 0 {
+                envelope = envelope_of(&response);
+            }
+            let (handled, relayed) = self
+                .settle_round(caller, request_id, &response, round)
+                .await?;
+            if round == 0 && handled.is_empty() {
+                // Nothing hidden: the answer leaves as it came.
+                return Ok(Finished {
+                    response,
+                    rewritten: false,
+                });
+            }
+            let hidden: Vec<String> = handled
+                .iter()
+                .filter_map(|o| answered_call(o).map(str::to_owned))
+                .collect();
+            shown.extend(shown_items(&response, &hidden));
+            rounds.items.extend(output(&response).iter().cloned());
+            rounds.items.extend(handled.iter().cloned());
+            rounds.handled_any |= !handled.is_empty();
+            if handled.is_empty() || !relayed.is_empty() || is_incomplete(&response) {
+                self.remember_response(envelope["id"].as_str(), &response, rounds, &shown, handled);
+                return Ok(Finished {
+                    response: merge_response(&envelope, response, shown, usage),
+                    rewritten: true,
+                });
+            }
+            if round + 1 == self.settings().max_rounds {
+                last = response;
+                pending = handled;
+                break;
+            }
+            continue_request(&mut request, &response, handled)?;
+        }
+        // Out of rounds: say so, and record it.
+        let message = self
+            .stop_at_max_rounds(caller, request_id, Surface::Responses)
+            .await?;
+        let item = message_item(&own_message_id(request_id), &message);
+        shown.push(item.clone());
+        rounds.items.push(without_id(item));
+        self.remember_response(envelope["id"].as_str(), &last, rounds, &shown, pending);
+        if let Some(object) = last.as_object_mut() {
+            object.insert("status".into(), json!("completed"));
+            object.insert("incomplete_details".into(), Value::Null);
+        }
+        Ok(Finished {
+            response: merge_response(&envelope, last, shown, usage),
+            rewritten: true,
+        })
+    }
+
+    /// Runs the streaming loop on a prepared Responses request whose first
+    /// upstream stream is `first`, writing the client's stream to `out`. Never
+    /// leaves the client without one terminal event.
+    pub async fn run_responses_stream<F, Fut, E>(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        mut request: Value,
+        first: E,
+        mut upstream: F,
+        out: &mpsc::Sender<Bytes>,
+    ) -> StreamEnd
+    where
+        F: FnMut(&Value) -> Fut,
+        Fut: Future<Output = Result<E, GovernError>>,
+        E: EventSource,
+    {
+        let mut client = Client {
+            rw: StreamRewriter::new(),
+            out,
+        };
+        let mut events = first;
+        let mut rounds = Rounds::default();
+        let mut last = Value::Null;
+        let mut pending = Vec::new();
+        for round in 0..self.settings().max_rounds {
+            let (terminal, handled, relayed) = match self
+                .responses_round(&mut client, caller, request_id, &mut events, round)
+                .await
+            {
+                Ok(r) => r,
+                Err(end) => return end,
+            };
+            match terminal.kind {
+                TerminalKind::Failed => {
+                    let bytes = client.rw.pass_failure(terminal.clone());
+                    let message = failure_message(terminal.response());
+                    return client.end(bytes, StreamEnd::Failed(message)).await;
+                }
+                TerminalKind::Error => {
+                    let message = terminal
+                        .data
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("the upstream reported an error")
+                        .to_owned();
+                    let bytes = client.rw.pass_failure(terminal);
+                    if !client.send(bytes).await {
+                        return StreamEnd::ClientGone;
+                    }
+                    return client.fail(&message).await;
+                }
+                TerminalKind::Completed | TerminalKind::Incomplete => {}
+            }
+            if handled.is_empty() && !client.rw.changed() {
+                // Nothing was changed: the upstream's own ending.
+                let bytes = client.rw.pass_terminal(terminal);
+                return client.end(bytes, StreamEnd::Completed).await;
+            }
+            let response = terminal.response().clone();
+            client.rw.end_round(&response);
+            rounds.items.extend(output(&response).iter().cloned());
+            rounds.items.extend(handled.iter().cloned());
+            rounds.handled_any |= !handled.is_empty();
+            let incomplete = terminal.kind == TerminalKind::Incomplete;
+            if handled.is_empty() || relayed > 0 || incomplete {
+                let presented = client.rw.response_id().map(str::to_owned);
+                self.remember_response(
+                    presented.as_deref(),
+                    &response,
+                    rounds,
+                    client.rw.shown(),
+                    handled,
+                );
+                let kind = if incomplete {
+                    "response.incomplete"
+                } else {
+                    "response.completed"
+                };
+                let bytes = client.rw.final_event(kind, &response);
+                return client.end(bytes, StreamEnd::Completed).await;
+            }
+            if round + 1 == self.settings().max_rounds {
+                last = response;
+                pending = handled;
+                break;
+            }
+            if let Err(error) = continue_request(&mut request, &response, handled) {
+                return client.fail(&error.to_string()).await;
+            }
+            events = match upstream(&request).await {
+                Ok(next) => next,
+                Err(error) => return client.fail(&from_error(&error)).await,
+            };
+        }
+        let message = match self
+            .stop_at_max_rounds(caller, request_id, Surface::Responses)
+            .await
+        {
+            Ok(m) => m,
+            Err(error) => return client.fail(&from_error(&error)).await,
+        };
+        let id = own_message_id(request_id);
+        for bytes in client.rw.message(&id, &message) {
+            if !client.send(bytes).await {
+                return StreamEnd::ClientGone;
+            }
+        }
+        rounds.items.push(without_id(message_item(&id, &message)));
+        let presented = client.rw.response_id().map(str::to_owned);
+        self.remember_response(
+            presented.as_deref(),
+            &last,
+            rounds,
+            client.rw.shown(),
+            pending,
+        );
+        if let Some(object) = last.as_object_mut() {
+            object.insert("status".into(), json!("completed"));
+        }
+        let bytes = client.rw.final_event("response.completed", &last);
+        client.end(bytes, StreamEnd::Completed).await
+    }
+
+    /// Reads one round's stream to its terminal event, sending the client what it
+    /// may see and deciding each call as it completes. Returns the terminal
+    /// event, the outputs of the handled calls and how many were relayed.
+    async fn responses_round<E: EventSource>(
+        &self,
+        client: &mut Client<'_>,
+        caller: &Caller,
+        request_id: &str,
+        events: &mut E,
+        round: u32,
+    ) -> Result<(Terminal, Vec<Value>, usize), StreamEnd> {
+        let mut handled = Vec::new();
+        let mut relayed = 0;
+        while let Some(next) = events.next_event().await {
+            let raw = match next {
+                Ok(raw) => raw,
+                Err(message) => return Err(client.fail(&message).await),
+            };
+            let Some(event) = crate::proxy::sse::parse_event(&raw) else {
+                // Comments and keep-alives.
+                if !client.send(raw).await {
+                    return Err(StreamEnd::ClientGone);
+                }
+                continue;
+            };
+            if event.data.is_empty() || event.data.trim() == "[DONE]" {
+                continue;
+            }
+            let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+                return Err(client
+                    .fail("the upstream sent an event tollgate cannot read")
+                    .await);
+            };
+            let mut work: VecDeque<StreamOutput> = client.rw.push(raw, data).into();
+            while let Some(step) = work.pop_front() {
+                match step {
+                    StreamOutput::Emit(bytes) => {
+                        if !client.send(bytes).await {
+                            return Err(StreamEnd::ClientGone);
+                        }
+                    }
+                    StreamOutput::End(terminal) => return Ok((terminal, handled, relayed)),
+                    StreamOutput::Decide(call) => {
+                        let pending = Pending {
+                            id: &call.call_id,
+                            name: &call.name,
+                            arguments: &call.arguments,
+                            custom: call.kind == CallKind::Custom,
+                        };
+                        let settled = self
+                            .settle(caller, request_id, pending, round, Surface::Responses)
+                            .await;
+                        match settled {
+                            Ok(Settled::Relay) => {
+                                relayed += 1;
+                                work.extend(client.rw.decided(&call, true));
+                            }
+                            Ok(Settled::Handled(text)) => {
+                                handled.push(output_item(&call, &text));
+                                work.extend(client.rw.decided(&call, false));
+                            }
+                            Err(error) => return Err(client.fail(&from_error(&error)).await),
+                        }
+                    }
+                }
+            }
+        }
+        let message = if client.rw.call_open() {
+            "the upstream stream ended in the middle of a tool call"
+        } else {
+            "the upstream stream ended before the response was complete"
+        };
+        Err(client.fail(message).await)
+    }
+}
+
+/// The client side of a governed Responses stream.
+struct Client<'a> {
+    rw: StreamRewriter,
+    out: &'a mpsc::Sender<Bytes>,
+}
+
+impl Client<'_> {
+    async fn send(&self, bytes: Bytes) -> bool {
+        self.out.send(bytes).await.is_ok()
+    }
+
+    async fn end(&self, bytes: Bytes, end: StreamEnd) -> StreamEnd {
+        if self.send(bytes).await {
+            end
+        } else {
+            StreamEnd::ClientGone
+        }
+    }
+
+    /// Ends the stream with `response.failed`.
+    async fn fail(&mut self, message: &str) -> StreamEnd {
+        let bytes = self.rw.failed("upstream_stream_interrupted", message);
+        self.end(bytes, StreamEnd::Failed(message.to_owned())).await
+    }
+}
+
+/// What identifies the client's response: the first round's id, creation time
+/// and `previous_response_id`.
+fn envelope_of(response: &Value) -> Value {
+    let mut envelope = serde_json::Map::new();
+    for key in ["id", "created_at", "previous_response_id"] {
+        if let Some(value) = response.get(key) {
+            envelope.insert(key.into(), value.clone());
+        }
+    }
+    Value::Object(envelope)
+}
+
+fn is_incomplete(response: &Value) -> bool {
+    response.get("status").and_then(Value::as_str) == Some("incomplete")
+}
+
+fn without_id(mut item: Value) -> Value {
+    if let Some(object) = item.as_object_mut() {
+        object.remove("id");
+        object.remove("status");
+    }
+    item
+}
+
+fn failure_message(response: &Value) -> String {
+    response
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("the upstream response failed")
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn remembered() -> ResponsesTurn {
+        ResponsesTurn {
+            presented_id: "resp_1".into(),
+            upstream_id: Some("resp_2".into()),
+            items: vec![
+                json!({"type": "reasoning", "id": "rs_1", "encrypted_content": "opaque"}),
+                json!({"type": "function_call", "id": "fc_1", "call_id": "call_gov", "name": "w", "arguments": "{}"}),
+                json!({"type": "function_call", "id": "fc_2", "call_id": "call_client", "name": "c", "arguments": "{}"}),
+                json!({"type": "function_call_output", "call_id": "call_gov", "output": "18C"}),
+            ],
+            pending: vec![
+                json!({"type": "function_call_output", "call_id": "call_gov", "output": "18C"}),
+            ],
+            shown: vec!["rs_1".into(), "call_client".into()],
+        }
+    }
+
+    fn store() -> SpliceStore<ResponsesTurn> {
+        let store = SpliceStore::new(8, Duration::from_secs(60));
+        let turn = remembered();
+        let mut keys = turn.shown.clone();
+        keys.push(turn.presented_id.clone());
+        store.remember(keys, turn, Instant::now());
+        store
+    }
+
+    #[test]
+    fn replayed_items_get_the_hidden_call_and_its_output_back() {
+        let store = store();
+        let mut input = vec![
+            json!({"role": "user", "content": "q"}),
+            json!({"type": "reasoning", "id": "rs_1", "encrypted_content": "opaque"}),
+            json!({"type": "function_call", "call_id": "call_client", "name": "c", "arguments": "{}"}),
+            json!({"type": "function_call_output", "call_id": "call_client", "output": "done"}),
+        ];
+        assert_eq!(
+            splice_responses(&mut input, &store, Instant::now(), None),
+            1
+        );
+        let kinds: Vec<(&str, &str)> = input
+            .iter()
+            .map(|i| {
+                (
+                    i["type"].as_str().unwrap_or("message"),
+                    i["call_id"].as_str().or(i["id"].as_str()).unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("message", ""),
+                ("reasoning", "rs_1"),
+                ("function_call", "call_gov"),
+                ("function_call", "call_client"),
+                ("function_call_output", "call_gov"),
+                ("function_call_output", "call_client"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_request_without_remembered_items_is_left_alone() {
+        let store = store();
+        let mut input = vec![json!({"role": "user", "content": "q", "id": "msg_other"})];
+        let before = input.clone();
+        assert_eq!(
+            splice_responses(&mut input, &store, Instant::now(), None),
+            0
+        );
+        assert_eq!(input, before);
+    }
+}
