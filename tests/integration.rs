@@ -36,6 +36,8 @@ mod lifecycle;
 mod properties;
 #[path = "integration/receipts.rs"]
 mod receipts;
+#[path = "integration/responses.rs"]
+mod responses;
 #[path = "integration/streaming.rs"]
 mod streaming;
 #[path = "integration/tools.rs"]

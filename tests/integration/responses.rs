@@ -1,0 +1,928 @@
+//! Governed Responses API through the real server, plain and streaming: the mock
+//! upstream answers round by round in the real wire format (output items,
+//! `sequence_number`ed events), and each test checks what the client receives
+//! (one response, one id, hidden calls nowhere, contiguous numbering, one
+//! terminal event), what the upstream was sent in later rounds and follow-ups
+//! (every call answered), and the receipt log (which must verify).
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::common::mock::{MockUpstream, Reply};
+use crate::common::{WAIT, client, read_to_end, shared_fixtures};
+use crate::governance::{Gov, POLICY, start};
+
+/// A function call item.
+fn call(n: u32, name: &str, arguments: &str) -> Value {
+    json!({"id": format!("fc_{n}"), "type": "function_call", "status": "completed",
+        "arguments": arguments, "call_id": format!("call_{n}"), "name": name})
+}
+
+fn message(id: &str, text: &str) -> Value {
+    json!({"id": id, "type": "message", "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}]})
+}
+
+fn reasoning(id: &str) -> Value {
+    json!({"id": id, "type": "reasoning", "summary": [],
+        "encrypted_content": "gAAAAB-opaque+/=\u{e9}"})
+}
+
+/// A response object with this id and output; 10 input and 5 output tokens.
+fn response(id: &str, output: Vec<Value>) -> Value {
+    json!({"id": id, "object": "response", "created_at": 1_741_294_021, "status": "completed",
+        "error": null, "incomplete_details": null, "instructions": null, "model": "gpt-4o",
+        "output": output, "parallel_tool_calls": true, "previous_response_id": null,
+        "store": true, "tool_choice": "auto", "tools": [],
+        "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 15},
+        "metadata": {}})
+}
+
+/// A client request declaring the client's tools `lookup`, `shell_exec`, `deploy`.
+fn request() -> Value {
+    let tool = |name: &str| json!({"type": "function", "name": name, "parameters": {"type": "object"}, "strict": false});
+    json!({"model": "gpt-4o", "input": [{"role": "user", "content": "go"}],
+        "tools": [tool("lookup"), tool("shell_exec"), tool("deploy")]})
+}
+
+async fn post(g: &Gov, body: &Value) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let response = client()
+        .post(format!("{}/v1/responses", g.proxy.url))
+        .bearer_auth("sk-test-key")
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn script(g: &Gov, answers: Vec<Value>) {
+    for answer in answers {
+        g.upstream.push(Reply::json(answer.to_string()));
+    }
+}
+
+fn output_types(response: &Value) -> Vec<String> {
+    response["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The `(call_id, output)` of every call output in a request's input.
+fn outputs(request: &Value) -> Vec<(String, String)> {
+    request["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "function_call_output")
+        .map(|i| {
+            (
+                i["call_id"].as_str().unwrap().to_owned(),
+                i["output"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Checks what a stateless request's input must satisfy upstream: every call
+/// answered after it, every output answering an earlier call.
+fn assert_paired(request: &Value) {
+    let input = request["input"].as_array().unwrap();
+    let mut calls: Vec<&str> = Vec::new();
+    for item in input {
+        match item["type"].as_str() {
+            Some("function_call") => calls.push(item["call_id"].as_str().unwrap()),
+            Some("function_call_output") => {
+                let id = item["call_id"].as_str().unwrap();
+                assert!(calls.contains(&id), "an output without its call: {id}");
+            }
+            _ => {}
+        }
+    }
+    for id in calls {
+        assert!(
+            input
+                .iter()
+                .any(|i| i["type"] == "function_call_output" && i["call_id"] == id),
+            "call {id} unanswered in {request}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_client_call_leaves_as_the_upstream_sent_it() {
+    let g = start(POLICY, "", None).await;
+    let answer = response("resp_1", vec![call(1, "lookup", r#"{"q":"x"}"#)]);
+    script(&g, vec![answer.clone()]);
+    let (status, headers, out) = post(&g, &request()).await;
+    assert_eq!(status, 200);
+    assert_eq!(out, answer);
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0]["decision"], "allow");
+    assert_eq!(receipts[0]["surface"], "responses");
+    assert_eq!(receipts[0]["action"]["tool_call_id"], "call_1");
+    assert_eq!(
+        receipts[0]["request_id"],
+        headers["x-tollgate-request-id"].to_str().unwrap()
+    );
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_denied_call_is_answered_to_the_model_from_the_stored_response() {
+    let g = start(POLICY, "", None).await;
+    script(
+        &g,
+        vec![
+            response("resp_1", vec![call(1, "shell_exec", r#"{"cmd":"ls"}"#)]),
+            response("resp_2", vec![message("msg_2", "I may not run that.")]),
+        ],
+    );
+    let (status, _, out) = post(&g, &request()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        out["id"], "resp_1",
+        "the client knows the response by one id"
+    );
+    assert_eq!(output_types(&out), ["message"]);
+    assert_eq!(
+        out["output"][0]["content"][0]["text"],
+        "I may not run that."
+    );
+    assert_eq!(out["usage"]["input_tokens"], 20);
+    assert_eq!(out["usage"]["total_tokens"], 30);
+    let sent = g.sent();
+    assert_eq!(sent.len(), 2);
+    // The second round continues from the first, with the denial as the output.
+    assert_eq!(sent[1]["previous_response_id"], "resp_1");
+    let answers = outputs(&sent[1]);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].0, "call_1");
+    let denial: Value = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(denial["error"]["type"], "tool_call_denied");
+    assert_eq!(denial["error"]["code"], "tool_access.block");
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts[0]["decision"], "deny");
+    assert_eq!(denial["error"]["receipt_id"], receipts[0]["receipt_id"]);
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_governed_tool_is_injected_flat_and_run_and_the_client_sees_the_answer() {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::json(r#"{"temp_c":18}"#));
+    let g = start(POLICY, "", Some(tool)).await;
+    script(
+        &g,
+        vec![
+            response(
+                "resp_1",
+                vec![call(1, "weather__current", r#"{"city":"Paris"}"#)],
+            ),
+            response("resp_2", vec![message("msg_2", "18 C in Paris.")]),
+        ],
+    );
+    let (status, _, out) = post(&g, &request()).await;
+    assert_eq!(status, 200);
+    assert_eq!(output_types(&out), ["message"]);
+    let sent = g.sent();
+    let injected = sent[0]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "weather__current")
+        .unwrap();
+    assert_eq!(injected["type"], "function");
+    // The schema is not closed, so it must not be sent as strict.
+    assert_eq!(injected["strict"], false);
+    assert_eq!(injected["parameters"]["required"], json!(["city"]));
+    assert_eq!(
+        outputs(&sent[1]),
+        [("call_1".into(), r#"{"temp_c":18}"#.into())]
+    );
+    let tool_request: Value =
+        serde_json::from_slice(&g.tool.as_ref().unwrap().received()[0].body).unwrap();
+    assert_eq!(tool_request, json!({"city": "Paris"}));
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_client_tool_with_a_governed_name_is_refused() {
+    let tool = MockUpstream::start().await;
+    let g = start(POLICY, "", Some(tool)).await;
+    let mut body = request();
+    body["tools"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "function", "name": "weather__current", "parameters": {}}));
+    let (status, _, out) = post(&g, &body).await;
+    assert_eq!(status, 400);
+    assert_eq!(out["error"]["code"], "tool_name_conflict");
+    assert!(g.upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn parallel_calls_with_one_denied_and_both_follow_up_styles() {
+    let g = start(POLICY, "", None).await;
+    let turn = vec![
+        reasoning("rs_1"),
+        call(1, "lookup", r#"{"q":"x"}"#),
+        call(2, "shell_exec", r#"{"cmd":"ls"}"#),
+    ];
+    // The client gets only its own call.
+    script(&g, vec![response("resp_1", turn.clone())]);
+    let (_, _, out) = post(&g, &request()).await;
+    assert_eq!(out["id"], "resp_1");
+    assert_eq!(output_types(&out), ["reasoning", "function_call"]);
+    assert_eq!(
+        out["output"][0],
+        reasoning("rs_1"),
+        "reasoning kept as it was"
+    );
+    assert_eq!(out["output"][1]["call_id"], "call_1");
+    assert_eq!(g.proxy.receipt_lines().len(), 2);
+
+    // Follow-up continuing from the response: the denial joins the client's output.
+    script(&g, vec![response("resp_2", vec![message("msg_2", "done")])]);
+    let client_output =
+        json!({"type": "function_call_output", "call_id": "call_1", "output": "found"});
+    let mut follow = request();
+    follow["previous_response_id"] = json!("resp_1");
+    follow["input"] = json!([client_output]);
+    let (status, _, out) = post(&g, &follow).await;
+    assert_eq!(status, 200, "{out}");
+    let sent = g.sent();
+    assert_eq!(sent[1]["previous_response_id"], "resp_1");
+    let answered: Vec<String> = outputs(&sent[1]).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(answered, ["call_2", "call_1"]);
+
+    // The same turn again, continued by replaying what the client was shown.
+    script(&g, vec![response("resp_3", turn.clone())]);
+    let (_, _, shown) = post(&g, &request()).await;
+    script(&g, vec![response("resp_4", vec![message("msg_4", "done")])]);
+    let mut replay = request();
+    let input = replay["input"].as_array_mut().unwrap();
+    input.extend(shown["output"].as_array().unwrap().iter().cloned());
+    input.push(client_output);
+    input.push(json!({"role": "user", "content": "thanks"}));
+    let (status, _, _) = post(&g, &replay).await;
+    assert_eq!(status, 200);
+    let sent = g.sent();
+    let last = &sent[3];
+    assert!(last.get("previous_response_id").is_none());
+    assert_paired(last);
+    let kinds: Vec<String> = last["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            format!(
+                "{}:{}",
+                i["type"].as_str().unwrap_or("message"),
+                i["call_id"].as_str().or(i["id"].as_str()).unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "message:",
+            "reasoning:rs_1",
+            "function_call:call_1",
+            "function_call:call_2",
+            "function_call_output:call_2",
+            "function_call_output:call_1",
+            "message:",
+        ]
+    );
+    // The reasoning item goes back byte for byte.
+    assert_eq!(last["input"][1], reasoning("rs_1"));
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn without_store_a_round_is_continued_by_replaying_its_items() {
+    let g = start(POLICY, "", None).await;
+    script(
+        &g,
+        vec![
+            response(
+                "resp_1",
+                vec![reasoning("rs_1"), call(1, "shell_exec", "{}")],
+            ),
+            response("resp_2", vec![message("msg_2", "ok")]),
+        ],
+    );
+    let mut body = request();
+    body["store"] = json!(false);
+    body["input"] = json!("go");
+    let (status, _, out) = post(&g, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(output_types(&out), ["reasoning", "message"]);
+    let sent = g.sent();
+    assert!(sent[1].get("previous_response_id").is_none());
+    let input = sent[1]["input"].as_array().unwrap();
+    assert_eq!(input[0]["content"], "go");
+    assert_eq!(input[1], reasoning("rs_1"));
+    assert_eq!(input[2]["call_id"], "call_1");
+    assert_eq!(input[3]["type"], "function_call_output");
+    assert_paired(&sent[1]);
+}
+
+#[tokio::test]
+async fn a_previous_response_id_conversation_over_several_turns() {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::json(r#"{"temp_c":18}"#));
+    let g = start(POLICY, "", Some(tool)).await;
+    // Turn 1: the governed tool, two rounds; the client knows it as resp_1.
+    script(
+        &g,
+        vec![
+            response(
+                "resp_1",
+                vec![call(1, "weather__current", r#"{"city":"Oslo"}"#)],
+            ),
+            response("resp_2", vec![message("msg_2", "18 C")]),
+        ],
+    );
+    let (_, _, first) = post(&g, &request()).await;
+    assert_eq!(first["id"], "resp_1");
+    // Turn 2 continues from resp_1: upstream, that is resp_2.
+    script(&g, vec![response("resp_3", vec![message("msg_3", "sure")])]);
+    let mut second = request();
+    second["previous_response_id"] = json!("resp_1");
+    second["input"] = json!("and tomorrow?");
+    let (status, _, out) = post(&g, &second).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        out["id"], "resp_3",
+        "nothing hidden: the upstream's own answer"
+    );
+    // Turn 3 continues from resp_3, which tollgate did not change.
+    script(&g, vec![response("resp_4", vec![message("msg_4", "bye")])]);
+    let mut third = request();
+    third["previous_response_id"] = json!("resp_3");
+    third["input"] = json!("thanks");
+    post(&g, &third).await;
+    let sent = g.sent();
+    assert_eq!(sent.len(), 4);
+    assert_eq!(sent[2]["previous_response_id"], "resp_2");
+    assert_eq!(
+        sent[2]["input"],
+        json!("and tomorrow?"),
+        "nothing pending to add"
+    );
+    assert_eq!(sent[3]["previous_response_id"], "resp_3");
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn unknown_item_types_pass_and_max_rounds_ends_with_a_message() {
+    let g = start(POLICY, "max_rounds = 2", None).await;
+    let odd = json!({"id": "zz_1", "type": "holographic_call", "payload": {"x": [1, 2]}});
+    script(
+        &g,
+        vec![
+            response("resp_1", vec![odd.clone(), call(1, "shell_exec", "{}")]),
+            response("resp_2", vec![call(2, "shell_exec", "{}")]),
+        ],
+    );
+    let (status, _, out) = post(&g, &request()).await;
+    assert_eq!(status, 200);
+    assert_eq!(out["id"], "resp_1");
+    assert_eq!(out["output"][0], odd);
+    assert_eq!(output_types(&out), ["holographic_call", "message"]);
+    let text = out["output"][1]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("after 2 rounds"), "{text}");
+    assert_eq!(out["status"], "completed");
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts.len(), 3);
+    assert_eq!(receipts[2]["reason"]["code"], "max_rounds");
+    assert_eq!(receipts[2]["surface"], "responses");
+    // Continuing from it gives the upstream the output it never had.
+    script(&g, vec![response("resp_3", vec![message("msg_3", "ok")])]);
+    let mut follow = request();
+    follow["previous_response_id"] = json!("resp_1");
+    follow["input"] = json!([{"role": "user", "content": "stop"}]);
+    post(&g, &follow).await;
+    let sent = g.sent();
+    assert_eq!(sent[2]["previous_response_id"], "resp_2");
+    assert_eq!(outputs(&sent[2])[0].0, "call_2");
+    g.proxy.verify_receipts();
+}
+
+// ----- streaming -----
+
+/// Builds one round's event stream, numbered from 0.
+#[derive(Default)]
+struct Sse {
+    seq: u64,
+    events: Vec<Bytes>,
+}
+
+impl Sse {
+    fn push(&mut self, kind: &str, fields: Value) {
+        let mut data = json!({"type": kind, "sequence_number": self.seq});
+        data.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        self.seq += 1;
+        self.events
+            .push(Bytes::from(format!("event: {kind}\ndata: {data}\n\n")));
+    }
+
+    fn start(id: &str) -> Self {
+        let mut sse = Self::default();
+        let mut r = response(id, vec![]);
+        r["status"] = json!("in_progress");
+        r["usage"] = Value::Null;
+        sse.push("response.created", json!({"response": r.clone()}));
+        sse.push("response.in_progress", json!({"response": r}));
+        sse
+    }
+
+    fn message(&mut self, index: u64, id: &str, parts: &[&str]) -> Value {
+        let text: String = parts.concat();
+        self.push("response.output_item.added", json!({"output_index": index,
+            "item": {"id": id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}}));
+        self.push(
+            "response.content_part.added",
+            json!({"item_id": id, "output_index": index,
+            "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+        );
+        for p in parts {
+            self.push(
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": p}),
+            );
+        }
+        self.push(
+            "response.output_text.done",
+            json!({"item_id": id, "output_index": index, "content_index": 0, "text": text}),
+        );
+        let item = message(id, &text);
+        self.push(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        );
+        item
+    }
+
+    fn call(&mut self, index: u64, n: u32, name: &str, fragments: &[&str]) -> Value {
+        let item = call(n, name, &fragments.concat());
+        let mut added = item.clone();
+        added["status"] = json!("in_progress");
+        added["arguments"] = json!("");
+        self.push(
+            "response.output_item.added",
+            json!({"output_index": index, "item": added}),
+        );
+        for f in fragments {
+            self.push(
+                "response.function_call_arguments.delta",
+                json!({"item_id": item["id"], "output_index": index, "delta": f}),
+            );
+        }
+        self.push(
+            "response.function_call_arguments.done",
+            json!({"item_id": item["id"], "output_index": index, "arguments": fragments.concat()}),
+        );
+        self.push(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item.clone()}),
+        );
+        item
+    }
+
+    fn reasoning(&mut self, index: u64, id: &str) -> Value {
+        let item = reasoning(id);
+        self.push(
+            "response.output_item.added",
+            json!({"output_index": index, "item": {"id": id, "type": "reasoning", "summary": []}}),
+        );
+        self.push(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item.clone()}),
+        );
+        item
+    }
+
+    fn completed(mut self, id: &str, output: Vec<Value>) -> Vec<Bytes> {
+        self.push(
+            "response.completed",
+            json!({"response": response(id, output)}),
+        );
+        self.events
+    }
+}
+
+/// What a client read from a Responses stream: `(event name, data)`.
+struct Events {
+    raw: String,
+    events: Vec<(String, Value)>,
+}
+
+impl Events {
+    fn of(&self, kind: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, d)| d)
+            .collect()
+    }
+
+    fn terminal(&self) -> &Value {
+        &self.events.last().unwrap().1
+    }
+
+    /// The checks every client stream must pass: `response.created` first,
+    /// `sequence_number` 0, 1, 2, …, `event:` equal to `type`, output indices
+    /// contiguous as items are added, exactly one terminal event, last.
+    fn assert_valid(&self) {
+        assert_eq!(self.events[0].0, "response.created", "{}", self.raw);
+        let mut next_index = 0;
+        for (n, (kind, data)) in self.events.iter().enumerate() {
+            assert_eq!(data["type"], kind.as_str());
+            assert_eq!(data["sequence_number"], n as u64, "{}", self.raw);
+            if kind == "response.output_item.added" {
+                assert_eq!(data["output_index"], next_index, "{}", self.raw);
+                next_index += 1;
+            }
+            if let Some(i) = data["output_index"].as_u64() {
+                assert!(i < next_index, "an event for an item never added: {data}");
+            }
+        }
+        let terminals = self
+            .events
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "response.completed" | "response.failed" | "response.incomplete"
+                )
+            })
+            .count();
+        assert_eq!(terminals, 1, "{}", self.raw);
+        let last = &self.events.last().unwrap().0;
+        assert!(last.starts_with("response.") && last != "response.output_item.done");
+        assert_eq!(self.of("response.created").len(), 1);
+    }
+}
+
+fn read_stream(raw: String) -> Events {
+    let mut events = Vec::new();
+    for block in raw.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut name = None;
+        let mut data = None;
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                name = Some(v.to_owned());
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = Some(serde_json::from_str::<Value>(v).unwrap());
+            }
+        }
+        if let (Some(name), Some(data)) = (name, data) {
+            events.push((name, data));
+        }
+    }
+    Events { raw, events }
+}
+
+async fn stream(g: &Gov, mut body: Value) -> Events {
+    body["stream"] = json!(true);
+    let response = client()
+        .post(format!("{}/v1/responses", g.proxy.url))
+        .bearer_auth("sk-test-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    read_stream(response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_governed_call_is_hidden_and_the_stream_reads_as_one_response() {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::json(r#"{"temp_c":18}"#));
+    let g = start(POLICY, "", Some(tool)).await;
+    let mut r1 = Sse::start("resp_1");
+    let c = r1.call(0, 1, "weather__current", &["{\"city\"", ":\"Paris\"}"]);
+    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    let mut r2 = Sse::start("resp_2");
+    let m = r2.message(0, "msg_2", &["18 C ", "in Paris."]);
+    g.upstream
+        .push(Reply::sse(r2.completed("resp_2", vec![m.clone()])));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert!(!got.raw.contains("call_1") && !got.raw.contains("weather__current\","));
+    let deltas: String = got
+        .of("response.output_text.delta")
+        .iter()
+        .map(|d| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, "18 C in Paris.");
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.completed");
+    assert_eq!(done["response"]["id"], "resp_1");
+    assert_eq!(got.of("response.created")[0]["response"]["id"], "resp_1");
+    assert_eq!(done["response"]["output"], json!([m]));
+    assert_eq!(done["response"]["usage"]["total_tokens"], 30);
+    let sent = g.sent();
+    assert_eq!(sent[1]["previous_response_id"], "resp_1");
+    assert_eq!(sent[1]["stream"], true);
+    assert_eq!(
+        outputs(&sent[1]),
+        [("call_1".into(), r#"{"temp_c":18}"#.into())]
+    );
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_forbidden_word_split_across_argument_deltas_never_reaches_the_client() {
+    let g = start(POLICY, "", None).await;
+    let mut r1 = Sse::start("resp_1");
+    let c = r1.call(0, 1, "lookup", &["{\"q\":\"r", "m -", "rf /tmp\"}"]);
+    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    let mut r2 = Sse::start("resp_2");
+    let m = r2.message(0, "msg_2", &["Not ", "allowed."]);
+    g.upstream.push(Reply::sse(r2.completed("resp_2", vec![m])));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert!(!got.raw.contains("rm -") && !got.raw.contains("call_1"));
+    assert!(got.of("response.function_call_arguments.delta").is_empty());
+    let sent = g.sent();
+    let answers = outputs(&sent[1]);
+    assert!(
+        answers[0]
+            .1
+            .contains("shell_commands.forbidden_patterns[0]")
+    );
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn parallel_streamed_calls_with_one_denied_keep_output_indices_contiguous() {
+    let g = start(POLICY, "", None).await;
+    let mut r1 = Sse::start("resp_1");
+    let m = r1.message(0, "msg_1", &["Let me check."]);
+    let denied = r1.call(1, 1, "shell_exec", &["{}"]);
+    let allowed = r1.call(2, 2, "lookup", &["{\"q\"", ":\"x\"}"]);
+    g.upstream.push(Reply::sse(
+        r1.completed("resp_1", vec![m.clone(), denied, allowed.clone()]),
+    ));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    let added = got.of("response.output_item.added");
+    assert_eq!(added.len(), 2);
+    assert_eq!(added[1]["item"]["call_id"], "call_2");
+    assert_eq!(added[1]["output_index"], 1);
+    let args: String = got
+        .of("response.function_call_arguments.delta")
+        .iter()
+        .map(|d| {
+            assert_eq!(d["output_index"], 1);
+            d["delta"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(args, "{\"q\":\"x\"}");
+    assert!(!got.raw.contains("call_1"));
+    let done = got.terminal();
+    assert_eq!(done["response"]["output"], json!([m, allowed]));
+    assert_eq!(g.proxy.receipt_lines().len(), 2);
+    // The follow-up gets the denial spliced in.
+    script(&g, vec![response("resp_2", vec![message("msg_2", "ok")])]);
+    let mut follow = request();
+    follow["previous_response_id"] = json!("resp_1");
+    follow["input"] =
+        json!([{"type": "function_call_output", "call_id": "call_2", "output": "found"}]);
+    let (status, _, _) = post(&g, &follow).await;
+    assert_eq!(status, 200);
+    let sent = g.sent();
+    let answered: Vec<String> = outputs(&sent[1]).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(answered, ["call_1", "call_2"]);
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn an_upstream_dying_mid_call_ends_with_response_failed_and_releases_nothing() {
+    let g = start(POLICY, "", None).await;
+    let (reply, feed) = Reply::stream(
+        200,
+        vec![("content-type".into(), "text/event-stream".into())],
+    );
+    g.upstream.push(reply);
+    let mut body = request();
+    body["stream"] = json!(true);
+    let mut r = Sse::start("resp_1");
+    r.message(0, "msg_1", &["Working on it."]);
+    let item = call(1, "lookup", "{\"q\":\"x\"}");
+    let mut added = item.clone();
+    added["arguments"] = json!("");
+    r.push(
+        "response.output_item.added",
+        json!({"output_index": 1, "item": added}),
+    );
+    r.push(
+        "response.function_call_arguments.delta",
+        json!({"item_id": "fc_1", "output_index": 1, "delta": "{\"q\""}),
+    );
+    for e in r.events {
+        feed.send(e);
+    }
+    let mut response = client()
+        .post(format!("{}/v1/responses", g.proxy.url))
+        .bearer_auth("sk-test-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The text reaches the client before the upstream breaks.
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("response.output_item.done") {
+        let chunk = tokio::time::timeout(WAIT, response.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the stream ended before the text was relayed");
+        got.extend_from_slice(&chunk);
+    }
+    feed.abort();
+    read_to_end(&mut response, &mut got).await;
+    let raw = String::from_utf8(got).unwrap();
+    let got = read_stream(raw);
+    got.assert_valid();
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.failed");
+    assert_eq!(done["response"]["id"], "resp_1");
+    assert_eq!(done["response"]["status"], "failed");
+    assert!(
+        !got.raw.contains("call_1"),
+        "a half-received call is never released"
+    );
+    assert_eq!(got.of("response.output_text.delta").len(), 1);
+    assert!(g.proxy.receipt_lines().is_empty());
+}
+
+#[tokio::test]
+async fn an_upstream_error_in_a_later_round_ends_with_response_failed() {
+    let g = start(POLICY, "", None).await;
+    let mut r1 = Sse::start("resp_1");
+    let c = r1.call(0, 1, "shell_exec", &["{}"]);
+    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    g.upstream.push(Reply::Full {
+        status: 500,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Bytes::from_static(
+            br#"{"error":{"message":"boom","type":"server_error","param":null,"code":null}}"#,
+        ),
+    });
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.failed");
+    let message = done["response"]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("500") && message.contains("boom"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_stops_after_max_rounds_with_a_message_of_its_own() {
+    let g = start(POLICY, "max_rounds = 2", None).await;
+    for n in 1..=2 {
+        let id = format!("resp_{n}");
+        let mut r = Sse::start(&id);
+        let c = r.call(0, n, "shell_exec", &["{}"]);
+        g.upstream.push(Reply::sse(r.completed(&id, vec![c])));
+    }
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.completed");
+    let output = done["response"]["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1);
+    let text = output[0]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("after 2 rounds"));
+    assert_eq!(got.of("response.output_text.delta")[0]["delta"], text);
+    assert_eq!(g.proxy.receipt_lines()[2]["reason"]["code"], "max_rounds");
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn reasoning_and_unknown_items_stream_through_around_a_hidden_call() {
+    let g = start(POLICY, "", None).await;
+    let mut r1 = Sse::start("resp_1");
+    let rs = r1.reasoning(0, "rs_1");
+    let c = r1.call(1, 1, "shell_exec", &["{}"]);
+    g.upstream
+        .push(Reply::sse(r1.completed("resp_1", vec![rs.clone(), c])));
+    let mut r2 = Sse::start("resp_2");
+    r2.push(
+        "response.output_item.added",
+        json!({"output_index": 0, "item": {"id": "zz_1", "type": "holographic_call"}}),
+    );
+    r2.push(
+        "response.holographic_call.flickered",
+        json!({"output_index": 0, "item_id": "zz_1", "intensity": 3}),
+    );
+    r2.push(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": {"id": "zz_1", "type": "holographic_call"}}),
+    );
+    let m = r2.message(1, "msg_2", &["ok"]);
+    g.upstream.push(Reply::sse(r2.completed(
+        "resp_2",
+        vec![json!({"id": "zz_1", "type": "holographic_call"}), m],
+    )));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert_eq!(got.of("response.output_item.done")[0]["item"], rs);
+    let flicker = got.of("response.holographic_call.flickered");
+    assert_eq!(flicker[0]["output_index"], 1);
+    assert_eq!(flicker[0]["intensity"], 3);
+    let output = got.terminal()["response"]["output"].as_array().unwrap();
+    let kinds: Vec<&str> = output.iter().map(|i| i["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["reasoning", "holographic_call", "message"]);
+    assert_eq!(output[0], rs);
+}
+
+#[tokio::test]
+async fn recorded_responses_streams_are_governed() {
+    let root = shared_fixtures().join("recorded/responses");
+    // Both calls allowed: the recording reaches the client byte for byte.
+    let recorded =
+        Bytes::from(std::fs::read(root.join("responses-stream-two-function-calls.sse")).unwrap());
+    let g = start(POLICY, "", None).await;
+    g.upstream.push(Reply::sse(vec![recorded.clone()]));
+    let got = stream(&g, request()).await;
+    assert_eq!(got.raw.as_bytes(), &recorded[..]);
+    assert_eq!(g.proxy.receipt_lines().len(), 2);
+
+    // `weather` blocked: only `search` reaches the client, renumbered, and the
+    // model gets the denial in the next round.
+    let blocked =
+        "hushspec: \"0.1.0\"\nrules:\n  tool_access:\n    block: [weather]\n    default: allow\n";
+    let g = start(blocked, "", None).await;
+    g.upstream.push(Reply::sse(vec![recorded.clone()]));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    let added = got.of("response.output_item.added");
+    let names: Vec<&str> = added
+        .iter()
+        .map(|a| a["item"]["name"].as_str().unwrap_or("message"))
+        .collect();
+    assert_eq!(names, ["search"]);
+    assert!(!got.raw.contains("call_qfdHN9tTntv02109c9RNnGGe"));
+    let output = got.terminal()["response"]["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1);
+    assert_eq!(output[0]["call_id"], "call_GXd80NWdsX8ng3xdeNLeA42o");
+    assert_eq!(
+        g.sent().len(),
+        1,
+        "a turn with a client call goes to the client"
+    );
+    // The client's answer continues the recorded response; the denial joins it.
+    let id = got.of("response.created")[0]["response"]["id"].clone();
+    assert_eq!(got.terminal()["response"]["id"], id);
+    script(&g, vec![response("resp_2", vec![message("msg_2", "ok")])]);
+    let mut follow = request();
+    follow["previous_response_id"] = id.clone();
+    follow["input"] = json!([{"type": "function_call_output",
+        "call_id": "call_GXd80NWdsX8ng3xdeNLeA42o", "output": "7:10 PM"}]);
+    let (status, _, _) = post(&g, &follow).await;
+    assert_eq!(status, 200);
+    let sent = g.sent();
+    assert_eq!(sent[1]["previous_response_id"], id);
+    let answers = outputs(&sent[1]);
+    assert_eq!(answers[0].0, "call_qfdHN9tTntv02109c9RNnGGe");
+    assert!(answers[0].1.contains("tool_call_denied"));
+    assert_eq!(answers[1].0, "call_GXd80NWdsX8ng3xdeNLeA42o");
+    g.proxy.verify_receipts();
+
+    // A reasoning model's stream: the reasoning item passes as it came.
+    let recorded =
+        std::fs::read_to_string(root.join("responses-stream-reasoning-then-function-call.sse"))
+            .unwrap();
+    let g = start(POLICY, "", None).await;
+    g.upstream
+        .push(Reply::sse(vec![Bytes::from(recorded.clone())]));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert_eq!(got.raw, recorded);
+}
