@@ -698,6 +698,14 @@ async fn tokens_mode_refuses_without_a_valid_token_and_bounds_tools_by_scope() {
         .await
         .unwrap();
     assert_eq!(models.status(), 401, "every endpoint needs a token");
+    let responses = http
+        .post(format!("{}/v1/responses", gw.url))
+        .bearer_auth("sk-proj-client-key")
+        .json(&json!({"model": "gpt-4o", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(responses.status(), 401, "the Responses API too");
     assert!(
         upstream.received().is_empty(),
         "no upstream call without a token"

@@ -926,3 +926,94 @@ async fn recorded_responses_streams_are_governed() {
     got.assert_valid();
     assert_eq!(got.raw, recorded);
 }
+
+#[tokio::test]
+async fn governed_tool_failures_and_timeouts_become_error_outputs() {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::Full {
+        status: 500,
+        headers: vec![],
+        body: "boom".into(),
+    });
+    tool.push(Reply::Hang);
+    let g = start(POLICY, "", Some(tool)).await;
+    for (n, args) in [
+        (1, r#"{"city":"Paris"}"#),
+        (2, r#"{"city":"Oslo"}"#),
+        (3, r#"{"town":"Oslo"}"#),
+    ] {
+        script(
+            &g,
+            vec![
+                response(
+                    &format!("resp_{n}a"),
+                    vec![call(n, "weather__current", args)],
+                ),
+                response(&format!("resp_{n}b"), vec![message("msg", "noted")]),
+            ],
+        );
+    }
+    for expected in ["tool_failed", "tool_timeout", "invalid_arguments"] {
+        let (status, _, out) = tokio::time::timeout(WAIT, post(&g, &request()))
+            .await
+            .expect("a failing tool must not hang the request");
+        assert_eq!(status, 200);
+        assert_eq!(output_types(&out), ["message"]);
+        let sent = g.sent();
+        let answer = &outputs(sent.last().unwrap())[0].1;
+        assert!(answer.contains(expected), "{expected}: {answer}");
+    }
+    assert_eq!(g.tool.as_ref().unwrap().received().len(), 2);
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn an_approval_on_this_surface_goes_from_pending_to_consumed() {
+    let g = start(
+        POLICY,
+        &format!("admin_token = {:?}", crate::governance::ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    let deploy = |id: &str| response(id, vec![call(1, "deploy", r#"{"env":"prod"}"#)]);
+    script(
+        &g,
+        vec![
+            deploy("resp_1"),
+            response("resp_2", vec![message("m", "Waiting.")]),
+        ],
+    );
+    let (_, _, out) = post(&g, &request()).await;
+    assert_eq!(output_types(&out), ["message"]);
+    let pending: Value = serde_json::from_str(&outputs(&g.sent()[1])[0].1).unwrap();
+    assert_eq!(pending["error"]["type"], "tool_call_pending_approval");
+    let id = pending["error"]["approval_id"].as_str().unwrap().to_owned();
+    let approved = client()
+        .post(format!("{}/tollgate/approvals/{id}/approve", g.proxy.url))
+        .bearer_auth(crate::governance::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 200);
+    // The same call again reaches the client, which owns `deploy`, once.
+    script(&g, vec![deploy("resp_3")]);
+    let (_, _, out) = post(&g, &request()).await;
+    assert_eq!(out["output"][0]["call_id"], "call_1");
+    script(
+        &g,
+        vec![
+            deploy("resp_4"),
+            response("resp_5", vec![message("m", "Waiting again.")]),
+        ],
+    );
+    let (_, _, out) = post(&g, &request()).await;
+    assert_eq!(output_types(&out), ["message"]);
+    let decisions: Vec<String> = g
+        .proxy
+        .receipt_lines()
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(decisions, ["pending", "system", "allow", "pending"]);
+    g.proxy.verify_receipts();
+}
