@@ -12,8 +12,12 @@
 //! JSON response) and `chat-sse` (the same with `stream: true`, 20 content events);
 //! `chat-tool-json` and `chat-tool-sse` are the same requests with the header
 //! `x-mock-tool-call: 1`, so that every answer of the mock ends with one tool call
-//! to `get_weather`. For streams, time to first byte and to last byte are recorded
-//! too. A response that is not 200, a stream that does not end with `[DONE]`, or,
+//! to `get_weather`. `responses-sse` and `responses-tool-sse` are the same on the
+//! Responses API (`POST /v1/responses`, a stream of `event:`/`data:` events that
+//! ends with `response.completed`). For streams, time to first byte, the time from
+//! the first to the last byte, and the number of events are recorded too. A
+//! response that is not 200, a Chat stream that does not end with `[DONE]`, a
+//! Responses stream without `response.completed`, or,
 //! for the tool workloads, a response whose body does not carry the call
 //! (`"name":"get_weather"`), is an error: a proxy that governs the call must also
 //! relay it.
@@ -94,6 +98,26 @@ fn chat_body(stream: bool) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+/// The same conversation on the Responses API.
+fn responses_body(stream: bool) -> Bytes {
+    let tool = |name: &str, about: &str| {
+        json!({"type": "function", "name": name, "description": about,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"},
+                "units": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}, "strict": false})
+    };
+    let body = json!({
+        "model": "gpt-4o-mock",
+        "instructions": "You are a helpful assistant that answers weather questions briefly and precisely.",
+        "input": [
+            {"role": "user", "content": "What is the weather in Paris today, and should I bring an umbrella for the afternoon?"}
+        ],
+        "tools": [tool("get_weather", "Current weather for a city"), tool("get_forecast", "Forecast for the next days")],
+        "temperature": 0.2,
+        "stream": stream,
+    });
+    Bytes::from(body.to_string())
+}
+
 #[derive(Default)]
 struct Outcome {
     ok: u64,
@@ -116,6 +140,7 @@ impl Outcome {
 struct Workload {
     stream: bool,
     tool_call: bool,
+    responses: bool,
 }
 
 impl Workload {
@@ -124,18 +149,32 @@ impl Workload {
             "chat-json" => Self {
                 stream: false,
                 tool_call: false,
+                responses: false,
             },
             "chat-sse" => Self {
                 stream: true,
                 tool_call: false,
+                responses: false,
             },
             "chat-tool-json" => Self {
                 stream: false,
                 tool_call: true,
+                responses: false,
             },
             "chat-tool-sse" => Self {
                 stream: true,
                 tool_call: true,
+                responses: false,
+            },
+            "responses-sse" => Self {
+                stream: true,
+                tool_call: false,
+                responses: true,
+            },
+            "responses-tool-sse" => Self {
+                stream: true,
+                tool_call: true,
+                responses: true,
             },
             other => panic!("unknown workload {other}"),
         }
@@ -152,6 +191,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 struct Recorder {
     latency: Histogram<u64>,
     ttfb: Histogram<u64>,
+    /// First to last byte of a stream.
+    spread: Histogram<u64>,
+    /// Events in the last stream.
+    events: u64,
     outcome: Outcome,
 }
 
@@ -160,21 +203,41 @@ impl Recorder {
         Self {
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
             ttfb: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            spread: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
+            events: 0,
             outcome: Outcome::default(),
         }
     }
+
+    fn record(&mut self, latency: Duration, timing: &Timing) {
+        self.outcome.ok += 1;
+        let _ = self.latency.record(micros(latency));
+        let _ = self.ttfb.record(micros(timing.ttfb));
+        let _ = self.spread.record(micros(timing.spread));
+        self.events = timing.events;
+    }
+}
+
+/// When a response's bytes came.
+struct Timing {
+    /// To the first byte.
+    ttfb: Duration,
+    /// From the first byte to the last.
+    spread: Duration,
+    /// Events (blank-line separated) in the body.
+    events: u64,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// Sends one request; returns time to first byte on success.
+/// Sends one request; returns when its bytes came, on success.
 async fn one(
     client: &HttpClient,
     url: &hyper::Uri,
     body: &Bytes,
     workload: Workload,
     events: u64,
-) -> Result<Duration, String> {
+) -> Result<Timing, String> {
     let stream = workload.stream;
     let sent = Instant::now();
     let mut request = hyper::Request::post(url.clone())
@@ -193,25 +256,45 @@ async fn one(
     }
     let mut body = response.into_body();
     let mut first = None;
-    // The whole body for the tool workloads (a few KiB), its last bytes otherwise.
+    let mut last = sent.elapsed();
+    let mut count = 0u64;
+    let mut previous = 0u8;
+    // The whole body for the tool and Responses workloads (a few KiB), its last
+    // bytes otherwise.
+    let keep_all = workload.tool_call || workload.responses;
     let mut kept = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
         if let Some(data) = frame.data_ref() {
-            first.get_or_insert_with(|| sent.elapsed());
+            last = sent.elapsed();
+            first.get_or_insert(last);
+            for &b in data.iter() {
+                if b == b'\n' && previous == b'\n' {
+                    count += 1;
+                }
+                previous = b;
+            }
             kept.extend_from_slice(data);
-            if !workload.tool_call && kept.len() > 64 {
+            if !keep_all && kept.len() > 64 {
                 kept.drain(..kept.len() - 64);
             }
         }
     }
-    if stream && !kept.ends_with(b"data: [DONE]\n\n") {
+    if stream && !workload.responses && !kept.ends_with(b"data: [DONE]\n\n") {
         return Err("stream did not end with [DONE]".into());
+    }
+    if stream && workload.responses && !contains(&kept, b"event: response.completed\n") {
+        return Err("stream did not end with response.completed".into());
     }
     if workload.tool_call && !contains(&kept, TOOL_CALL_MARK) {
         return Err("response does not carry the get_weather tool call".into());
     }
-    Ok(first.unwrap_or_else(|| sent.elapsed()))
+    let ttfb = first.unwrap_or(last);
+    Ok(Timing {
+        ttfb,
+        spread: last.saturating_sub(ttfb),
+        events: count,
+    })
 }
 
 fn micros(d: Duration) -> u64 {
@@ -220,8 +303,12 @@ fn micros(d: Duration) -> u64 {
 
 async fn run(args: Args) -> serde_json::Value {
     let workload = Workload::parse(&args.workload);
-    let body = chat_body(workload.stream);
-    let url: hyper::Uri = format!("{}/v1/chat/completions", args.url).parse().unwrap();
+    let (body, path) = if workload.responses {
+        (responses_body(workload.stream), "/v1/responses")
+    } else {
+        (chat_body(workload.stream), "/v1/chat/completions")
+    };
+    let url: hyper::Uri = format!("{}{path}", args.url).parse().unwrap();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client: HttpClient = Client::builder(TokioExecutor::new())
@@ -284,14 +371,8 @@ async fn run(args: Args) -> serde_json::Value {
                     let done = Instant::now();
                     let mut r = recorder.lock().unwrap();
                     match result {
-                        Ok(ttfb) => {
-                            r.outcome.ok += 1;
-                            // Measured from when the request was due, not when it left.
-                            let _ = r
-                                .latency
-                                .record(micros(done.saturating_duration_since(due)));
-                            let _ = r.ttfb.record(micros(ttfb));
-                        }
+                        // Measured from when the request was due, not when it left.
+                        Ok(timing) => r.record(done.saturating_duration_since(due), &timing),
                         Err(e) => r.outcome.error(e),
                     }
                     inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -313,11 +394,7 @@ async fn run(args: Args) -> serde_json::Value {
                         let result = one(&client, &url, &body, workload, events).await;
                         let mut r = recorder.lock().unwrap();
                         match result {
-                            Ok(ttfb) => {
-                                r.outcome.ok += 1;
-                                let _ = r.latency.record(micros(sent.elapsed()));
-                                let _ = r.ttfb.record(micros(ttfb));
-                            }
+                            Ok(timing) => r.record(sent.elapsed(), &timing),
                             Err(e) => r.outcome.error(e),
                         }
                     }
@@ -349,6 +426,8 @@ async fn run(args: Args) -> serde_json::Value {
         "throughput_rps": r.outcome.ok as f64 / elapsed,
         "latency_us": {"p50": q(&r.latency, 0.5), "p99": q(&r.latency, 0.99), "p999": q(&r.latency, 0.999), "max": r.latency.max()},
         "ttfb_us": {"p50": q(&r.ttfb, 0.5), "p99": q(&r.ttfb, 0.99)},
+        "spread_us": {"p50": q(&r.spread, 0.5), "p99": q(&r.spread, 0.99)},
+        "events_per_response": r.events,
     })
 }
 

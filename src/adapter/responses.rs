@@ -297,6 +297,54 @@ pub fn merge_response(
     last
 }
 
+/// What the client sent that tollgate changed and a response object echoes: a
+/// `previous_response_id` that named a response tollgate had changed (upstream,
+/// the request continued from another id), and the governed tools added to
+/// `tools`. [`Echo::apply`] puts the client's view back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Echo {
+    /// The client's `previous_response_id`, when tollgate sent another.
+    pub previous_response_id: Option<Value>,
+    /// The names of the governed tools tollgate added.
+    pub injected: Vec<String>,
+}
+
+impl Echo {
+    /// Whether there is nothing to put back.
+    pub fn is_empty(&self) -> bool {
+        self.previous_response_id.is_none() && self.injected.is_empty()
+    }
+
+    /// Puts the client's `previous_response_id` and `tools` back into a response
+    /// object; returns whether anything changed.
+    pub fn apply(&self, response: &mut Value) -> bool {
+        let Some(object) = response.as_object_mut() else {
+            return false;
+        };
+        let mut changed = false;
+        if let Some(previous) = &self.previous_response_id
+            && object.get("previous_response_id") != Some(previous)
+        {
+            object.insert("previous_response_id".into(), previous.clone());
+            changed = true;
+        }
+        if !self.injected.is_empty()
+            && let Some(tools) = object.get_mut("tools").and_then(Value::as_array_mut)
+        {
+            let before = tools.len();
+            tools.retain(|t| {
+                t.get("type").and_then(Value::as_str) != Some("function")
+                    || !t
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| self.injected.iter().any(|i| i == n))
+            });
+            changed |= tools.len() != before;
+        }
+        changed
+    }
+}
+
 /// The assistant message item tollgate adds when it ends a response itself.
 pub fn message_item(id: &str, text: &str) -> Value {
     json!({"id": id, "type": "message", "status": "completed", "role": "assistant",
@@ -420,12 +468,18 @@ pub struct StreamRewriter {
     usage: Option<Value>,
     /// Whether any call was hidden in any round.
     changed: bool,
+    /// What response objects must echo of the client's request.
+    echo: Echo,
 }
 
 impl StreamRewriter {
-    /// A rewriter for a new client stream.
-    pub fn new() -> Self {
-        Self::default()
+    /// A rewriter for a new client stream whose response objects get `echo`
+    /// applied.
+    pub fn new(echo: Echo) -> Self {
+        Self {
+            echo,
+            ..Self::default()
+        }
     }
 
     /// Takes one upstream event (its bytes and its parsed data).
@@ -580,7 +634,9 @@ impl StreamRewriter {
         let same_index = !has_index
             || index.is_none()
             || data.get("output_index").and_then(Value::as_u64) == index;
-        if same_seq && same_index {
+        let echoed =
+            !self.echo.is_empty() && data.get_mut("response").is_some_and(|r| self.echo.apply(r));
+        if same_seq && same_index && !echoed {
             return raw;
         }
         if let Some(object) = data.as_object_mut() {
@@ -594,6 +650,9 @@ impl StreamRewriter {
 
     /// An event of tollgate's own, numbered next.
     fn own_event(&mut self, mut data: Value) -> Bytes {
+        if let Some(response) = data.get_mut("response") {
+            self.echo.apply(response);
+        }
         if let Some(object) = data.as_object_mut() {
             object.insert("sequence_number".into(), Value::from(self.seq));
         }
@@ -860,7 +919,7 @@ mod tests {
 
     #[test]
     fn an_untouched_event_keeps_its_bytes_and_a_hidden_call_renumbers_the_rest() {
-        let mut rw = StreamRewriter::new();
+        let mut rw = StreamRewriter::new(Echo::default());
         let raw = Bytes::from_static(b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_a\"}}\n\n");
         let data: Value = serde_json::from_str(
             "{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_a\"}}",
@@ -928,5 +987,30 @@ mod tests {
         assert_eq!(data["sequence_number"], 3);
         assert_eq!(data["response"]["output"].as_array().unwrap().len(), 1);
         assert_eq!(data["response"]["output"][0]["id"], "msg_1");
+    }
+
+    #[test]
+    fn an_echo_puts_back_the_clients_previous_response_id_and_tools() {
+        let echo = Echo {
+            previous_response_id: Some(json!("resp_client")),
+            injected: vec!["gov__tool".into()],
+        };
+        let mut response = json!({"id": "resp_9", "previous_response_id": "resp_upstream",
+            "tools": [{"type": "function", "name": "mine"}, {"type": "function", "name": "gov__tool"},
+                {"type": "web_search"}]});
+        assert!(echo.apply(&mut response));
+        assert_eq!(response["previous_response_id"], "resp_client");
+        assert_eq!(
+            response["tools"],
+            json!([{"type": "function", "name": "mine"}, {"type": "web_search"}])
+        );
+        assert!(!echo.apply(&mut response), "applying twice changes nothing");
+
+        // In a stream, the events carrying the response object are rewritten.
+        let mut rw = StreamRewriter::new(echo);
+        let (r, d) = event(json!({"type": "response.created", "sequence_number": 0,
+            "response": {"id": "resp_9", "previous_response_id": "resp_upstream", "tools": []}}));
+        let got = emitted(&rw.push(r, d));
+        assert_eq!(got[0]["response"]["previous_response_id"], "resp_client");
     }
 }

@@ -28,6 +28,7 @@ use super::body::{
 use super::headers::{is_encoded, is_event_stream, remove_hop_by_hop};
 use super::sse::{Framer, split_events};
 use super::upstream;
+use crate::adapter::responses::Echo;
 use crate::error::ProxyError;
 use crate::gateway::Identity;
 use crate::turn::Surface;
@@ -211,8 +212,10 @@ pub async fn govern(
         }
     };
     let governance = shared.gateway.governance();
-    let changed = match surface {
-        Surface::Chat => governance.prepare(&identity.caller, &mut request),
+    let (changed, echo) = match surface {
+        Surface::Chat => governance
+            .prepare(&identity.caller, &mut request)
+            .map(|changed| (changed, Echo::default())),
         Surface::Responses => governance.prepare_responses(&identity.caller, &mut request),
     }
     .map_err(governance_error)?;
@@ -240,6 +243,7 @@ pub async fn govern(
     };
     let turn = Prepared {
         surface,
+        echo,
         uri: upstream::target(&shared.config.upstream, &parts.uri)?,
         headers: round_headers(parts.headers, &identity),
         identity,
@@ -257,6 +261,8 @@ pub async fn govern(
 /// A governed request, ready for its first round.
 struct Prepared {
     surface: Surface,
+    /// What a Responses answer must echo of the client's own request.
+    echo: Echo,
     identity: Identity,
     request: Value,
     uri: Uri,
@@ -272,6 +278,7 @@ async fn plain(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Prepared {
         surface,
+        echo,
         identity,
         request,
         uri,
@@ -319,7 +326,7 @@ async fn plain(
         }
         Surface::Responses => {
             governance
-                .run_responses(&identity.caller, request_id, request, upstream)
+                .run_responses(&identity.caller, request_id, request, &echo, upstream)
                 .await
         }
     };
@@ -459,6 +466,7 @@ async fn stream(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let Prepared {
         surface,
+        echo,
         identity,
         request,
         uri,
@@ -507,7 +515,7 @@ async fn stream(
             }
             Surface::Responses => {
                 governance
-                    .run_responses_stream(caller, &request_id, request, first, upstream, &tx)
+                    .run_responses_stream(caller, &request_id, request, echo, first, upstream, &tx)
                     .await
             }
         };

@@ -29,9 +29,9 @@ use super::chat::{
 };
 use super::{SpliceStore, Surface};
 use crate::adapter::responses::{
-    self as adapter, CallKind, StreamOutput, StreamRewriter, Terminal, TerminalKind, answered_call,
-    continue_request, input_items, item_key, merge_response, message_item, output, output_item,
-    sum_usage,
+    self as adapter, CallKind, Echo, StreamOutput, StreamRewriter, Terminal, TerminalKind,
+    answered_call, continue_request, input_items, item_key, merge_response, message_item, output,
+    output_item, sum_usage,
 };
 
 /// A response tollgate changed, remembered for the client's next request.
@@ -120,14 +120,16 @@ impl Governance {
     /// response tollgate changed continues from its last upstream round, with
     /// the outputs the upstream has not had; replayed items of such a response
     /// get every item back; governed tools are added to `tools`. Returns whether
-    /// anything changed.
+    /// anything changed, and what the responses must echo of the client's own
+    /// request.
     pub fn prepare_responses(
         &self,
         caller: &Caller,
         request: &mut Value,
-    ) -> Result<bool, GovernError> {
+    ) -> Result<(bool, Echo), GovernError> {
         let now = Instant::now();
         let mut changed = false;
+        let mut echo = Echo::default();
         let continued = request
             .get("previous_response_id")
             .and_then(Value::as_str)
@@ -137,8 +139,13 @@ impl Governance {
                     .filter(|t| t.presented_id == id)
             });
         if let Some(turn) = &continued {
-            if let Some(upstream_id) = &turn.upstream_id {
-                request["previous_response_id"] = Value::String(upstream_id.clone());
+            if let Some(upstream_id) = turn
+                .upstream_id
+                .as_deref()
+                .filter(|u| *u != turn.presented_id)
+            {
+                echo.previous_response_id = request.get("previous_response_id").cloned();
+                request["previous_response_id"] = Value::String(upstream_id.to_owned());
             }
             if !turn.pending.is_empty() {
                 let items = input_items(request)?;
@@ -161,7 +168,8 @@ impl Governance {
         let visible = self.visible_tools(caller);
         adapter::inject_tools(request, &visible)?;
         changed |= !visible.is_empty();
-        Ok(changed)
+        echo.injected = visible.into_iter().map(|t| t.name).collect();
+        Ok((changed, echo))
     }
 
     /// Remembers a response something was hidden from, for the client's next
@@ -233,6 +241,7 @@ impl Governance {
         caller: &Caller,
         request_id: &str,
         mut request: Value,
+        echo: &Echo,
         mut upstream: F,
     ) -> Result<Finished, GovernError>
     where
@@ -255,10 +264,13 @@ impl Governance {
                 .settle_round(caller, request_id, &response, round)
                 .await?;
             if round == 0 && handled.is_empty() {
-                // Nothing hidden: the answer leaves as it came.
+                // Nothing hidden: the answer leaves as it came, but for what it
+                // echoes of the request.
+                let mut response = response;
+                let rewritten = echo.apply(&mut response);
                 return Ok(Finished {
                     response,
-                    rewritten: false,
+                    rewritten,
                 });
             }
             let hidden: Vec<String> = handled
@@ -271,8 +283,10 @@ impl Governance {
             rounds.handled_any |= !handled.is_empty();
             if handled.is_empty() || !relayed.is_empty() || is_incomplete(&response) {
                 self.remember_response(envelope["id"].as_str(), &response, rounds, &shown, handled);
+                let mut merged = merge_response(&envelope, response, shown, usage);
+                echo.apply(&mut merged);
                 return Ok(Finished {
-                    response: merge_response(&envelope, response, shown, usage),
+                    response: merged,
                     rewritten: true,
                 });
             }
@@ -295,8 +309,10 @@ impl Governance {
             object.insert("status".into(), json!("completed"));
             object.insert("incomplete_details".into(), Value::Null);
         }
+        let mut merged = merge_response(&envelope, last, shown, usage);
+        echo.apply(&mut merged);
         Ok(Finished {
-            response: merge_response(&envelope, last, shown, usage),
+            response: merged,
             rewritten: true,
         })
     }
@@ -309,6 +325,7 @@ impl Governance {
         caller: &Caller,
         request_id: &str,
         mut request: Value,
+        echo: Echo,
         first: E,
         mut upstream: F,
         out: &mpsc::Sender<Bytes>,
@@ -319,7 +336,7 @@ impl Governance {
         E: EventSource,
     {
         let mut client = Client {
-            rw: StreamRewriter::new(),
+            rw: StreamRewriter::new(echo),
             out,
         };
         let mut events = first;

@@ -65,6 +65,11 @@ async fn post(g: &Gov, body: &Value) -> (StatusCode, reqwest::header::HeaderMap,
     )
 }
 
+/// The `tools` the upstream was last sent (the client's and the injected ones).
+fn sent_tools(g: &Gov) -> Value {
+    g.sent().last().unwrap()["tools"].clone()
+}
+
 fn script(g: &Gov, answers: Vec<Value>) {
     for answer in answers {
         g.upstream.push(Reply::json(answer.to_string()));
@@ -360,16 +365,24 @@ async fn a_previous_response_id_conversation_over_several_turns() {
     );
     let (_, _, first) = post(&g, &request()).await;
     assert_eq!(first["id"], "resp_1");
-    // Turn 2 continues from resp_1: upstream, that is resp_2.
-    script(&g, vec![response("resp_3", vec![message("msg_3", "sure")])]);
+    // Turn 2 continues from resp_1: upstream, that is resp_2. The upstream's
+    // answer echoes what it was sent; the client reads back what it sent.
+    let mut echoing = response("resp_3", vec![message("msg_3", "sure")]);
+    echoing["previous_response_id"] = json!("resp_2");
+    echoing["tools"] = sent_tools(&g);
+    assert_eq!(echoing["tools"].as_array().unwrap().len(), 4);
+    script(&g, vec![echoing]);
     let mut second = request();
     second["previous_response_id"] = json!("resp_1");
     second["input"] = json!("and tomorrow?");
     let (status, _, out) = post(&g, &second).await;
     assert_eq!(status, 200);
+    assert_eq!(out["id"], "resp_3", "nothing hidden: the upstream's id");
+    assert_eq!(out["previous_response_id"], "resp_1");
     assert_eq!(
-        out["id"], "resp_3",
-        "nothing hidden: the upstream's own answer"
+        out["tools"],
+        request()["tools"],
+        "the governed tool is not echoed"
     );
     // Turn 3 continues from resp_3, which tollgate did not change.
     script(&g, vec![response("resp_4", vec![message("msg_4", "bye")])]);
