@@ -33,6 +33,7 @@ use crate::error::ProxyError;
 use crate::gateway::Identity;
 use crate::turn::Surface;
 use crate::turn::chat::{EventSource, GovernError, StreamEnd};
+use crate::turn::responses::Prepared;
 
 /// The most bytes of one upstream JSON answer tollgate reads.
 pub const MAX_UPSTREAM_JSON_BYTES: usize = 64 * 1024 * 1024;
@@ -241,7 +242,7 @@ pub async fn govern(
     } else {
         original
     };
-    let turn = Prepared {
+    let turn = Governed {
         surface,
         echo,
         uri: upstream::target(&shared.config.upstream, &parts.uri)?,
@@ -259,7 +260,7 @@ pub async fn govern(
 }
 
 /// A governed request, ready for its first round.
-struct Prepared {
+struct Governed {
     surface: Surface,
     /// What a Responses answer must echo of the client's own request.
     echo: Echo,
@@ -274,9 +275,9 @@ struct Prepared {
 async fn plain(
     shared: &Arc<Shared>,
     request_id: &Arc<str>,
-    turn: Prepared,
+    turn: Governed,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let Prepared {
+    let Governed {
         surface,
         echo,
         identity,
@@ -326,7 +327,15 @@ async fn plain(
         }
         Surface::Responses => {
             governance
-                .run_responses(&identity.caller, request_id, request, &echo, upstream)
+                .run_responses(
+                    &identity.caller,
+                    request_id,
+                    Prepared {
+                        body: request,
+                        echo,
+                    },
+                    upstream,
+                )
                 .await
         }
     };
@@ -462,9 +471,9 @@ async fn open_stream(
 async fn stream(
     shared: &Arc<Shared>,
     request_id: &Arc<str>,
-    turn: Prepared,
+    turn: Governed,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let Prepared {
+    let Governed {
         surface,
         echo,
         identity,
@@ -515,7 +524,17 @@ async fn stream(
             }
             Surface::Responses => {
                 governance
-                    .run_responses_stream(caller, &request_id, request, echo, first, upstream, &tx)
+                    .run_responses_stream(
+                        caller,
+                        &request_id,
+                        Prepared {
+                            body: request,
+                            echo,
+                        },
+                        first,
+                        upstream,
+                        &tx,
+                    )
                     .await
             }
         };

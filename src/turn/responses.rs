@@ -34,6 +34,16 @@ use crate::adapter::responses::{
     output_item, sum_usage,
 };
 
+/// A prepared Responses request and what its responses must echo of the
+/// client's own.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The request as it goes upstream.
+    pub body: Value,
+    /// What to put back into the response objects.
+    pub echo: Echo,
+}
+
 /// A response tollgate changed, remembered for the client's next request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResponsesTurn {
@@ -240,14 +250,18 @@ impl Governance {
         &self,
         caller: &Caller,
         request_id: &str,
-        mut request: Value,
-        echo: &Echo,
+        prepared: Prepared,
         mut upstream: F,
     ) -> Result<Finished, GovernError>
     where
         F: FnMut(&Value) -> Fut,
         Fut: Future<Output = Result<Value, GovernError>>,
     {
+        let Prepared {
+            body: mut request,
+            echo,
+        } = prepared;
+        let echo = &echo;
         let mut usage: Option<Value> = None;
         let mut envelope = Value::Null;
         let mut shown: Vec<Value> = Vec::new();
@@ -324,8 +338,7 @@ impl Governance {
         &self,
         caller: &Caller,
         request_id: &str,
-        mut request: Value,
-        echo: Echo,
+        prepared: Prepared,
         first: E,
         mut upstream: F,
         out: &mpsc::Sender<Bytes>,
@@ -335,6 +348,10 @@ impl Governance {
         Fut: Future<Output = Result<E, GovernError>>,
         E: EventSource,
     {
+        let Prepared {
+            body: mut request,
+            echo,
+        } = prepared;
         let mut client = Client {
             rw: StreamRewriter::new(echo),
             out,
