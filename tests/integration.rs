@@ -13,7 +13,8 @@
 //! - `receipts`: the signed, chained log and its verifier;
 //! - `tools`: governed HTTP tools;
 //! - `governance`: governed Chat Completions, plain, with a scripted upstream;
-//! - `chat_stream`: governed Chat Completions streams.
+//! - `chat_stream`: governed Chat Completions streams;
+//! - `responses`: the governed Responses API, plain and streaming.
 
 // Tests may unwrap: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
