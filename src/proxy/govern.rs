@@ -237,6 +237,28 @@ pub async fn govern(
             code: "unsupported_parameter",
         });
     }
+    // A background response is answered later, to whoever fetches it: its calls
+    // could not be decided before the client sees them.
+    let calls_possible = request
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|tools| {
+            tools.iter().any(|t| {
+                matches!(
+                    t.get("type").and_then(Value::as_str),
+                    Some("function" | "custom" | "namespace")
+                )
+            })
+        });
+    if surface == Surface::Responses
+        && calls_possible
+        && request.get("background").and_then(Value::as_bool) == Some(true)
+    {
+        return Err(ProxyError::BadRequest {
+            message: "tollgate decides each tool call before the client sees it; `background` responses with function tools are not supported".into(),
+            code: "unsupported_parameter",
+        });
+    }
     let first_body = if changed {
         Bytes::from(request.to_string())
     } else {

@@ -243,7 +243,7 @@ impl Governance {
     pub fn prepare(&self, caller: &Caller, request: &mut Value) -> Result<bool, GovernError> {
         let mut changed = false;
         if let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) {
-            changed |= splice_chat(messages, &self.splice, Instant::now())? > 0;
+            changed |= splice_chat(messages, &self.splice, Instant::now(), &caller.agent_id)? > 0;
         }
         // A request on the legacy `functions` API cannot also carry `tools`.
         let visible = if request.get("functions").is_some() {
@@ -423,6 +423,7 @@ impl Governance {
                     self.splice.remember(
                         relayed.clone(),
                         Turn {
+                            agent_id: caller.agent_id.clone(),
                             assistant,
                             handled: handled.clone(),
                             relayed,
@@ -668,6 +669,7 @@ impl Governance {
             self.splice.remember(
                 relayed.clone(),
                 Turn {
+                    agent_id: caller.agent_id.clone(),
                     assistant: end.assistant.clone(),
                     handled: end.handled.clone(),
                     relayed,

@@ -23,6 +23,8 @@ use crate::kernel::{Decision, Outcome};
 /// One remembered turn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Turn {
+    /// The agent whose turn it is: only its own follow-ups are completed with it.
+    pub agent_id: String,
     /// The assistant message with every call, as the model wrote it.
     pub assistant: Value,
     /// The outputs of the calls tollgate handled: `(call id, output)`.
@@ -138,12 +140,13 @@ pub enum SpliceError {
 /// Puts remembered turns back into a Chat Completions `messages` list: each
 /// assistant message whose calls belong to a remembered turn is replaced by the
 /// full message, and the tool messages that follow it are rebuilt in the original
-/// call order from the handled outputs and the client's own results. Returns how
-/// many turns were spliced.
+/// call order from the handled outputs and the client's own results. Only the
+/// turns of `agent_id` are used. Returns how many turns were spliced.
 pub fn splice_chat(
     messages: &mut Vec<Value>,
     store: &SpliceStore<Turn>,
     now: Instant,
+    agent_id: &str,
 ) -> Result<usize, SpliceError> {
     let mut spliced = 0;
     let mut i = 0;
@@ -157,7 +160,8 @@ pub fn splice_chat(
                     .find_map(|c| c.get("id").and_then(Value::as_str))
             })
             .filter(|_| messages[i].get("role").and_then(Value::as_str) == Some("assistant"))
-            .and_then(|id| store.find(id, now));
+            .and_then(|id| store.find(id, now))
+            .filter(|t| t.agent_id == agent_id);
         let Some(turn) = turn else {
             i += 1;
             continue;
@@ -217,6 +221,7 @@ mod tests {
 
     fn turn() -> Turn {
         Turn {
+            agent_id: "agent-1".into(),
             assistant: json!({"role": "assistant", "content": null, "tool_calls": [
                 {"id": "call_gov", "type": "function", "function": {"name": "weather__current", "arguments": "{}"}},
                 {"id": "call_client", "type": "function", "function": {"name": "lookup", "arguments": "{}"}},
@@ -240,7 +245,10 @@ mod tests {
             json!({"role": "tool", "tool_call_id": "call_client", "content": "found it"}),
             json!({"role": "user", "content": "thanks"}),
         ];
-        assert_eq!(splice_chat(&mut messages, &store, now).unwrap(), 1);
+        assert_eq!(
+            splice_chat(&mut messages, &store, now, "agent-1").unwrap(),
+            1
+        );
         assert_eq!(messages.len(), 6);
         assert_eq!(messages[1], turn().assistant);
         let ids: Vec<&str> = messages[2..5]
@@ -253,6 +261,23 @@ mod tests {
     }
 
     #[test]
+    fn another_agent_never_gets_a_turn_it_did_not_have() {
+        let store: SpliceStore = SpliceStore::new(8, Duration::from_secs(60));
+        let now = Instant::now();
+        store.remember(turn().relayed, turn(), now);
+        let mut messages = vec![
+            json!({"role": "assistant", "tool_calls": [{"id": "call_client"}]}),
+            json!({"role": "tool", "tool_call_id": "call_client", "content": "x"}),
+        ];
+        let before = messages.clone();
+        assert_eq!(
+            splice_chat(&mut messages, &store, now, "agent-2").unwrap(),
+            0
+        );
+        assert_eq!(messages, before);
+    }
+
+    #[test]
     fn a_missing_client_result_is_an_error_not_a_broken_conversation() {
         let store: SpliceStore = SpliceStore::new(8, Duration::from_secs(60));
         let now = Instant::now();
@@ -260,7 +285,7 @@ mod tests {
         let mut messages =
             vec![json!({"role": "assistant", "tool_calls": [{"id": "call_client"}]})];
         assert_eq!(
-            splice_chat(&mut messages, &store, now),
+            splice_chat(&mut messages, &store, now, "agent-1"),
             Err(SpliceError::Incomplete("call_client".into()))
         );
     }

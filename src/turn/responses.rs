@@ -47,6 +47,8 @@ pub struct Prepared {
 /// A response tollgate changed, remembered for the client's next request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResponsesTurn {
+    /// The agent whose response it is: only its own requests are completed with it.
+    pub agent_id: String,
     /// The id the client was given.
     pub presented_id: String,
     /// The last round's response id upstream, which a continuation resumes from.
@@ -67,19 +69,21 @@ pub struct ResponsesTurn {
 /// wherever they are) are replaced, at the first one's place, by every item of
 /// that response with the outputs of its handled calls. The client's own outputs
 /// and other items keep their order after it. `skip` is a response already
-/// continued by `previous_response_id`. Returns how many responses were put back.
+/// continued by `previous_response_id`; only the responses of `agent_id` are used.
+/// Returns how many responses were put back.
 pub fn splice_responses(
     items: &mut Vec<Value>,
     store: &SpliceStore<ResponsesTurn>,
     now: Instant,
     skip: Option<&Arc<ResponsesTurn>>,
+    agent_id: &str,
 ) -> usize {
     let mut done: Vec<Arc<ResponsesTurn>> = skip.into_iter().cloned().collect();
     let mut i = 0;
     while i < items.len() {
         let turn = item_key(&items[i])
             .and_then(|key| store.find(key, now))
-            .filter(|t| !done.iter().any(|d| Arc::ptr_eq(d, t)));
+            .filter(|t| t.agent_id == agent_id && !done.iter().any(|d| Arc::ptr_eq(d, t)));
         let Some(turn) = turn else {
             i += 1;
             continue;
@@ -146,7 +150,7 @@ impl Governance {
             .and_then(|id| {
                 self.responses
                     .find(id, now)
-                    .filter(|t| t.presented_id == id)
+                    .filter(|t| t.presented_id == id && t.agent_id == caller.agent_id)
             });
         if let Some(turn) = &continued {
             if let Some(upstream_id) = turn
@@ -173,7 +177,13 @@ impl Governance {
             changed = true;
         }
         if let Some(items) = request.get_mut("input").and_then(Value::as_array_mut) {
-            changed |= splice_responses(items, &self.responses, now, continued.as_ref()) > 0;
+            changed |= splice_responses(
+                items,
+                &self.responses,
+                now,
+                continued.as_ref(),
+                &caller.agent_id,
+            ) > 0;
         }
         let visible = self.visible_tools(caller);
         adapter::inject_tools(request, &visible)?;
@@ -186,6 +196,7 @@ impl Governance {
     /// request.
     fn remember_response(
         &self,
+        caller: &Caller,
         presented_id: Option<&str>,
         last: &Value,
         rounds: Rounds,
@@ -206,6 +217,7 @@ impl Governance {
         self.responses.remember(
             keys,
             ResponsesTurn {
+                agent_id: caller.agent_id.clone(),
                 presented_id: presented_id.unwrap_or_default().to_owned(),
                 upstream_id: last.get("id").and_then(Value::as_str).map(str::to_owned),
                 items: rounds.items,
@@ -296,7 +308,14 @@ impl Governance {
             rounds.items.extend(handled.iter().cloned());
             rounds.handled_any |= !handled.is_empty();
             if handled.is_empty() || !relayed.is_empty() || is_incomplete(&response) {
-                self.remember_response(envelope["id"].as_str(), &response, rounds, &shown, handled);
+                self.remember_response(
+                    caller,
+                    envelope["id"].as_str(),
+                    &response,
+                    rounds,
+                    &shown,
+                    handled,
+                );
                 let mut merged = merge_response(&envelope, response, shown, usage);
                 echo.apply(&mut merged);
                 return Ok(Finished {
@@ -318,7 +337,14 @@ impl Governance {
         let item = message_item(&own_message_id(request_id), &message);
         shown.push(item.clone());
         rounds.items.push(without_id(item));
-        self.remember_response(envelope["id"].as_str(), &last, rounds, &shown, pending);
+        self.remember_response(
+            caller,
+            envelope["id"].as_str(),
+            &last,
+            rounds,
+            &shown,
+            pending,
+        );
         if let Some(object) = last.as_object_mut() {
             object.insert("status".into(), json!("completed"));
             object.insert("incomplete_details".into(), Value::Null);
@@ -403,6 +429,7 @@ impl Governance {
             if handled.is_empty() || relayed > 0 || incomplete {
                 let presented = client.rw.response_id().map(str::to_owned);
                 self.remember_response(
+                    caller,
                     presented.as_deref(),
                     &response,
                     rounds,
@@ -446,6 +473,7 @@ impl Governance {
         rounds.items.push(without_id(message_item(&id, &message)));
         let presented = client.rw.response_id().map(str::to_owned);
         self.remember_response(
+            caller,
             presented.as_deref(),
             &last,
             rounds,
@@ -600,6 +628,7 @@ mod tests {
 
     fn remembered() -> ResponsesTurn {
         ResponsesTurn {
+            agent_id: "agent-1".into(),
             presented_id: "resp_1".into(),
             upstream_id: Some("resp_2".into()),
             items: vec![
@@ -633,8 +662,16 @@ mod tests {
             json!({"type": "function_call", "call_id": "call_client", "name": "c", "arguments": "{}"}),
             json!({"type": "function_call_output", "call_id": "call_client", "output": "done"}),
         ];
+        let before = input.clone();
+        let mut other = before.clone();
         assert_eq!(
-            splice_responses(&mut input, &store, Instant::now(), None),
+            splice_responses(&mut other, &store, Instant::now(), None, "agent-2"),
+            0,
+            "another agent's request is never completed with this response"
+        );
+        assert_eq!(other, before);
+        assert_eq!(
+            splice_responses(&mut input, &store, Instant::now(), None, "agent-1"),
             1
         );
         let kinds: Vec<(&str, &str)> = input
@@ -665,7 +702,7 @@ mod tests {
         let mut input = vec![json!({"role": "user", "content": "q", "id": "msg_other"})];
         let before = input.clone();
         assert_eq!(
-            splice_responses(&mut input, &store, Instant::now(), None),
+            splice_responses(&mut input, &store, Instant::now(), None, "agent-1"),
             0
         );
         assert_eq!(input, before);

@@ -1030,3 +1030,96 @@ async fn an_approval_on_this_surface_goes_from_pending_to_consumed() {
     assert_eq!(decisions, ["pending", "system", "allow", "pending"]);
     g.proxy.verify_receipts();
 }
+
+#[tokio::test]
+async fn another_agents_follow_up_is_never_completed_with_a_response_it_did_not_get() {
+    let g = start(POLICY, "", None).await;
+    let turn = vec![
+        call(1, "lookup", r#"{"q":"x"}"#),
+        call(2, "shell_exec", r#"{"cmd":"cat /etc/passwd"}"#),
+    ];
+    script(&g, vec![response("resp_1", turn)]);
+    post(&g, &request()).await;
+    // Another key (another agent) replays the same ids and continues by id.
+    script(
+        &g,
+        vec![
+            response("resp_2", vec![message("m", "?")]),
+            response("resp_3", vec![message("m", "?")]),
+        ],
+    );
+    let mut replay = request();
+    replay["input"].as_array_mut().unwrap().extend([
+        call(1, "lookup", r#"{"q":"x"}"#),
+        json!({"type": "function_call_output", "call_id": "call_1", "output": "found"}),
+    ]);
+    let mut by_id = request();
+    by_id["previous_response_id"] = json!("resp_1");
+    by_id["input"] =
+        json!([{"type": "function_call_output", "call_id": "call_1", "output": "found"}]);
+    for body in [&replay, &by_id] {
+        let response = client()
+            .post(format!("{}/v1/responses", g.proxy.url))
+            .bearer_auth("sk-another-agent")
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let sent = g.sent();
+    assert_eq!(
+        sent[1]["input"], replay["input"],
+        "nothing of the first agent's turn"
+    );
+    assert!(!sent[1].to_string().contains("passwd"));
+    assert_eq!(sent[2]["previous_response_id"], "resp_1");
+    assert_eq!(sent[2]["input"], by_id["input"]);
+}
+
+#[tokio::test]
+async fn a_background_response_with_function_tools_is_refused() {
+    let g = start(POLICY, "", None).await;
+    let mut body = request();
+    body["background"] = json!(true);
+    let (status, _, out) = post(&g, &body).await;
+    assert_eq!(status, 400);
+    assert_eq!(out["error"]["code"], "unsupported_parameter");
+    assert!(g.upstream.received().is_empty());
+    // Without function tools nothing can be called: it goes upstream.
+    script(&g, vec![response("resp_1", vec![])]);
+    let (status, _, _) = post(
+        &g,
+        &json!({"model": "gpt-4o", "input": "hi", "background": true}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_recorded_plain_response_is_governed() {
+    let root = shared_fixtures().join("recorded/responses");
+    let recorded = std::fs::read(root.join("responses-body-two-function-calls.json")).unwrap();
+    let blocked =
+        "hushspec: \"0.1.0\"\nrules:\n  tool_access:\n    block: [weather]\n    default: allow\n";
+    let g = start(blocked, "", None).await;
+    g.upstream.push(Reply::json(recorded.clone()));
+    let (status, _, out) = post(&g, &request()).await;
+    assert_eq!(status, 200);
+    let original: Value = serde_json::from_slice(&recorded).unwrap();
+    assert_eq!(out["id"], original["id"]);
+    assert_eq!(out["output"], json!([original["output"][0]]));
+    assert_eq!(out["usage"], original["usage"]);
+    let receipts = g.proxy.receipt_lines();
+    let decisions: Vec<(&str, &str)> = receipts
+        .iter()
+        .map(|r| {
+            (
+                r["action"]["tool_name"].as_str().unwrap(),
+                r["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(decisions, [("search", "allow"), ("weather", "deny")]);
+    g.proxy.verify_receipts();
+}
