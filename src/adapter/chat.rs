@@ -14,6 +14,24 @@ use serde_json::{Map, Value, json};
 
 pub use super::{AdapterError, GovernedTool, add_usage};
 
+/// After a round whose calls tollgate answered, a choice that forces a call
+/// (`"required"`, a named function, or a legacy `function_call` name) would force
+/// another and loop until `max_rounds`: the next round lets the model choose.
+pub fn relax_tool_choice(request: &mut Value) {
+    let Some(object) = request.as_object_mut() else {
+        return;
+    };
+    if object
+        .get("tool_choice")
+        .is_some_and(|c| c == "required" || c.is_object())
+    {
+        object.insert("tool_choice".into(), json!("auto"));
+    }
+    if object.get("function_call").is_some_and(Value::is_object) {
+        object.insert("function_call".into(), json!("auto"));
+    }
+}
+
 /// Adds the governed tools to a request's `tools`. A request without tools gets a
 /// `tools` list of its own; `tool_choice` is left as the client set it.
 pub fn inject_tools(request: &mut Value, governed: &[GovernedTool]) -> Result<(), AdapterError> {
@@ -1000,5 +1018,21 @@ mod stream_tests {
                 .all(|c| c["choices"][0]["finish_reason"].is_null()),
             "no intermediate finish"
         );
+    }
+
+    #[test]
+    fn a_forced_choice_is_relaxed_after_a_handled_round() {
+        for forced in [
+            json!("required"),
+            json!({"type": "function", "function": {"name": "x"}}),
+        ] {
+            let mut request = json!({"tool_choice": forced});
+            relax_tool_choice(&mut request);
+            assert_eq!(request["tool_choice"], "auto");
+        }
+        let mut none = json!({"tool_choice": "none", "function_call": {"name": "f"}});
+        relax_tool_choice(&mut none);
+        assert_eq!(none["tool_choice"], "none");
+        assert_eq!(none["function_call"], "auto");
     }
 }

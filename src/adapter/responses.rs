@@ -257,6 +257,7 @@ pub fn continue_request(
     response: &Value,
     outputs: Vec<Value>,
 ) -> Result<(), AdapterError> {
+    relax_tool_choice(request);
     let has_conversation = request.get("conversation").is_some_and(|c| !c.is_null());
     let stored = request.get("store").and_then(Value::as_bool) != Some(false);
     let response_id = response.get("id").and_then(Value::as_str);
@@ -271,6 +272,24 @@ pub fn continue_request(
         items.extend(outputs);
     }
     Ok(())
+}
+
+/// After a round whose calls tollgate answered, a choice that forces a call
+/// (`"required"`, a named function or custom tool, `allowed_tools` in `required`
+/// mode) would force another and loop until `max_rounds`: the next round lets the
+/// model choose.
+pub fn relax_tool_choice(request: &mut Value) {
+    let Some(choice) = request.get_mut("tool_choice") else {
+        return;
+    };
+    let kind = choice.get("type").and_then(Value::as_str);
+    if *choice == "required" || matches!(kind, Some("function" | "custom")) {
+        *choice = json!("auto");
+    } else if kind == Some("allowed_tools")
+        && choice.get("mode").and_then(Value::as_str) == Some("required")
+    {
+        choice["mode"] = json!("auto");
+    }
 }
 
 /// The one response a client receives for several rounds: the last round's
@@ -898,6 +917,28 @@ mod tests {
         continue_request(&mut conversation, &response, outputs.clone()).unwrap();
         assert!(conversation.get("previous_response_id").is_none());
         assert_eq!(conversation["input"], json!(outputs));
+    }
+
+    #[test]
+    fn a_forced_choice_is_relaxed_in_the_next_round() {
+        let response = json!({"id": "resp_1", "output": []});
+        for (forced, relaxed) in [
+            (json!("required"), json!("auto")),
+            (json!({"type": "function", "name": "gov__x"}), json!("auto")),
+            (
+                json!({"type": "allowed_tools", "mode": "required", "tools": []}),
+                json!({"type": "allowed_tools", "mode": "auto", "tools": []}),
+            ),
+            (json!("none"), json!("none")),
+            (
+                json!({"type": "file_search"}),
+                json!({"type": "file_search"}),
+            ),
+        ] {
+            let mut request = json!({"tool_choice": forced});
+            continue_request(&mut request, &response, vec![]).unwrap();
+            assert_eq!(request["tool_choice"], relaxed);
+        }
     }
 
     fn event(data: Value) -> (Bytes, Value) {

@@ -444,6 +444,7 @@ impl Governance {
             ) {
                 answer_turn(messages, assistant, &handled);
             }
+            adapter::relax_tool_choice(&mut request);
             last = response;
         }
         // Out of rounds: say so, and record it.
@@ -508,6 +509,7 @@ impl Governance {
             if let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) {
                 answer_turn(messages, end.assistant.clone(), &end.handled);
             }
+            adapter::relax_tool_choice(&mut request);
             events = match upstream(&request).await {
                 Ok(next) => next,
                 Err(error) => return driver.fail(&from_error(&error)).await,

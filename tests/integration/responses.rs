@@ -1123,3 +1123,28 @@ async fn the_recorded_plain_response_is_governed() {
     assert_eq!(decisions, [("search", "allow"), ("weather", "deny")]);
     g.proxy.verify_receipts();
 }
+
+#[tokio::test]
+async fn a_forced_call_is_not_forced_again_after_tollgate_answered_it() {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::json(r#"{"temp_c":18}"#));
+    let g = start(POLICY, "", Some(tool)).await;
+    script(
+        &g,
+        vec![
+            response(
+                "resp_1",
+                vec![call(1, "weather__current", r#"{"city":"Rome"}"#)],
+            ),
+            response("resp_2", vec![message("msg_2", "18 C")]),
+        ],
+    );
+    let mut body = request();
+    body["tool_choice"] = json!({"type": "function", "name": "weather__current"});
+    let (status, _, out) = post(&g, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(output_types(&out), ["message"]);
+    let sent = g.sent();
+    assert_eq!(sent[0]["tool_choice"]["name"], "weather__current");
+    assert_eq!(sent[1]["tool_choice"], "auto", "the model may answer now");
+}
