@@ -265,3 +265,31 @@ def governed(mock_url, tmp_path_factory):
     yield g
     g.proc.stop()
     g.tools.stop()
+
+
+# Helpers of the governed suites (Chat Completions and Responses).
+
+# How the mock-agent model's answer to a run of tool outputs begins.
+RESULTS = "Tool results: "
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def tool_outputs(text: str) -> list[str]:
+    """The tool outputs the mock quotes in its answer to a run of outputs."""
+    assert text.startswith(RESULTS), text
+    return text[len(RESULTS):].split(" | ")
+
+
+def denial(output: str) -> dict:
+    """The `error` object of a denial the model received as a call's output."""
+    body = json.loads(output)
+    error = body["error"]
+    assert error["type"] == "tool_call_denied", body
+    assert error["code"], body
+    assert error["message"], body
+    assert error["receipt_id"], body
+    assert isinstance(error["recovery"], list) and error["recovery"], body
+    return error

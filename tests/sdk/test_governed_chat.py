@@ -16,11 +16,10 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-from conftest import generate_key
+from conftest import denial, generate_key, tool_outputs, user
 
 KEY = "sk-test-governed-0123456789"
 MODEL = "mock-agent"
-RESULTS = "Tool results: "
 # The mock reports 10 + 5 tokens per upstream round.
 ROUND_TOKENS = 15
 
@@ -50,28 +49,6 @@ SHELL_EXEC = {
 
 def client(base: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=20)
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def tool_outputs(text: str) -> list[str]:
-    """The tool outputs the mock quotes in its final answer."""
-    assert text.startswith(RESULTS), text
-    return text[len(RESULTS):].split(" | ")
-
-
-def denial(output: str) -> dict:
-    """The `error` object of a denial the model received as a tool output."""
-    body = json.loads(output)
-    error = body["error"]
-    assert error["type"] == "tool_call_denied", body
-    assert error["code"], body
-    assert error["message"], body
-    assert error["receipt_id"], body
-    assert isinstance(error["recovery"], list) and error["recovery"], body
-    return error
 
 
 def collect(stream) -> dict:

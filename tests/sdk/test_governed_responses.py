@@ -21,11 +21,10 @@ import re
 
 import openai
 import pytest
-from conftest import generate_key
+from conftest import denial, generate_key, tool_outputs, user
 
 KEY = "sk-test-governed-responses-0123456789"
 MODEL = "mock-agent"
-RESULTS = "Tool results: "
 # The mock reports 10 input + 5 output tokens per upstream round.
 ROUND_INPUT, ROUND_OUTPUT = 10, 5
 ROUND_TOKENS = ROUND_INPUT + ROUND_OUTPUT
@@ -54,28 +53,6 @@ SHELL_EXEC = {
 
 def client(base: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=20)
-
-
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def tool_outputs(text: str) -> list[str]:
-    """The tool outputs the mock quotes in its answer to a run of outputs."""
-    assert text.startswith(RESULTS), text
-    return text[len(RESULTS):].split(" | ")
-
-
-def denial(output: str) -> dict:
-    """The `error` object of a denial the model received as a call's output."""
-    body = json.loads(output)
-    error = body["error"]
-    assert error["type"] == "tool_call_denied", body
-    assert error["code"], body
-    assert error["message"], body
-    assert error["receipt_id"], body
-    assert isinstance(error["recovery"], list) and error["recovery"], body
-    return error
 
 
 def number(identifier: str, prefix: str) -> int:
