@@ -16,7 +16,7 @@
 //! builds the one final `response.completed`. An event it does not have to change
 //! leaves with its upstream bytes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -193,6 +193,16 @@ pub fn output(response: &Value) -> &[Value] {
 /// The calls among a response's output items, in order.
 pub fn calls(response: &Value) -> Vec<CallItem> {
     output(response).iter().filter_map(call_item).collect()
+}
+
+/// The items of a response the client may see: all but the hidden calls.
+pub fn shown_items<'a>(
+    response: &'a Value,
+    hidden: &'a [String],
+) -> impl Iterator<Item = &'a Value> + 'a {
+    output(response)
+        .iter()
+        .filter(|item| call_item(item).is_none_or(|c| !hidden.contains(&c.call_id)))
 }
 
 /// The input item answering a call with `output`.
@@ -478,7 +488,7 @@ pub struct StreamRewriter {
     /// Events not sent yet, in arrival order.
     queue: VecDeque<Queued>,
     /// This round's hidden call ids.
-    hidden: HashSet<String>,
+    hidden: Vec<String>,
     /// The first round's response (from `response.created`).
     envelope: Option<Value>,
     /// The output items the client was shown in ended rounds.
@@ -503,11 +513,7 @@ impl StreamRewriter {
 
     /// Takes one upstream event (its bytes and its parsed data).
     pub fn push(&mut self, raw: Bytes, data: Value) -> Vec<StreamOutput> {
-        let kind = data
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let kind = data.get("type").and_then(Value::as_str).unwrap_or_default();
         let index = data
             .get("output_index")
             .and_then(Value::as_u64)
@@ -564,7 +570,7 @@ impl StreamRewriter {
                 self.slots.insert(i, Slot::Waiting);
             } else {
                 self.slots.insert(i, Slot::Hidden);
-                self.hidden.insert(call.call_id.clone());
+                self.hidden.push(call.call_id.clone());
                 self.changed = true;
             }
         }
@@ -683,12 +689,7 @@ impl StreamRewriter {
     /// final response, and the next round's events start afresh.
     pub fn end_round(&mut self, response: &Value) {
         let hidden = std::mem::take(&mut self.hidden);
-        self.shown.extend(
-            output(response)
-                .iter()
-                .filter(|item| call_item(item).is_none_or(|c| !hidden.contains(&c.call_id)))
-                .cloned(),
-        );
+        self.shown.extend(shown_items(response, &hidden).cloned());
         sum_usage(&mut self.usage, response);
         self.slots.clear();
         self.by_item.clear();

@@ -29,9 +29,9 @@ use super::chat::{
 };
 use super::{SpliceStore, Surface};
 use crate::adapter::responses::{
-    self as adapter, CallKind, Echo, StreamOutput, StreamRewriter, Terminal, TerminalKind,
-    answered_call, continue_request, input_items, item_key, merge_response, message_item, output,
-    output_item, sum_usage,
+    self as adapter, CallItem, CallKind, Echo, StreamOutput, StreamRewriter, Terminal,
+    TerminalKind, answered_call, continue_request, input_items, item_key, merge_response,
+    message_item, output, output_item, sum_usage,
 };
 
 /// A prepared Responses request and what its responses must echo of the
@@ -102,13 +102,14 @@ pub fn splice_responses(
     done.len() - usize::from(skip.is_some())
 }
 
-/// What the client may see of a round: its items without the hidden calls.
-fn shown_items(response: &Value, hidden: &[String]) -> Vec<Value> {
-    output(response)
-        .iter()
-        .filter(|item| adapter::call_item(item).is_none_or(|c| !hidden.contains(&c.call_id)))
-        .cloned()
-        .collect()
+/// A call item, to be decided.
+fn pending(call: &CallItem) -> Pending<'_> {
+    Pending {
+        id: &call.call_id,
+        name: &call.name,
+        arguments: &call.arguments,
+        custom: call.kind == CallKind::Custom,
+    }
 }
 
 /// The id of tollgate's own message when it ends a response itself.
@@ -240,14 +241,14 @@ impl Governance {
         let mut handled = Vec::new();
         let mut relayed = Vec::new();
         for call in adapter::calls(response) {
-            let pending = Pending {
-                id: &call.call_id,
-                name: &call.name,
-                arguments: &call.arguments,
-                custom: call.kind == CallKind::Custom,
-            };
             match self
-                .settle(caller, request_id, pending, round, Surface::Responses)
+                .settle(
+                    caller,
+                    request_id,
+                    pending(&call),
+                    round,
+                    Surface::Responses,
+                )
                 .await?
             {
                 Settled::Relay => relayed.push(call.call_id.clone()),
@@ -303,7 +304,7 @@ impl Governance {
                 .iter()
                 .filter_map(|o| answered_call(o).map(str::to_owned))
                 .collect();
-            shown.extend(shown_items(&response, &hidden));
+            shown.extend(adapter::shown_items(&response, &hidden).cloned());
             rounds.items.extend(output(&response).iter().cloned());
             rounds.items.extend(handled.iter().cloned());
             rounds.handled_any |= !handled.is_empty();
@@ -530,14 +531,14 @@ impl Governance {
                     }
                     StreamOutput::End(terminal) => return Ok((terminal, handled, relayed)),
                     StreamOutput::Decide(call) => {
-                        let pending = Pending {
-                            id: &call.call_id,
-                            name: &call.name,
-                            arguments: &call.arguments,
-                            custom: call.kind == CallKind::Custom,
-                        };
                         let settled = self
-                            .settle(caller, request_id, pending, round, Surface::Responses)
+                            .settle(
+                                caller,
+                                request_id,
+                                pending(&call),
+                                round,
+                                Surface::Responses,
+                            )
                             .await;
                         match settled {
                             Ok(Settled::Relay) => {
