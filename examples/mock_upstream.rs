@@ -523,6 +523,97 @@ fn agent_chat(request: &Recorded, body: &Value) -> Reply {
     sse_reply(request, events)
 }
 
+/// The event stream of a Responses answer, in the API's order: `created`,
+/// `in_progress`, each output item (a message's text in the pieces `text_pieces`
+/// cuts it into, a function call's arguments in three pieces), `completed`;
+/// `sequence_number` from 0.
+fn response_events(
+    in_progress: Value,
+    output: &[Value],
+    completed: Value,
+    text_pieces: impl Fn(&str) -> Vec<String>,
+) -> Vec<String> {
+    let mut seq = 0u64;
+    let mut events = Vec::new();
+    let mut push = |kind: &str, fields: Value| {
+        // `type` and `sequence_number` first, as the API writes them.
+        let mut data = json!({"type": kind, "sequence_number": seq});
+        if let (Some(map), Value::Object(extra)) = (data.as_object_mut(), fields) {
+            map.extend(extra);
+        }
+        seq += 1;
+        events.push(format!("event: {kind}\ndata: {data}\n\n"));
+    };
+    push("response.created", json!({"response": in_progress.clone()}));
+    push("response.in_progress", json!({"response": in_progress}));
+    for (index, item) in output.iter().enumerate() {
+        let item_id = item["id"].clone();
+        let mut added = item.clone();
+        match item["type"].as_str() {
+            Some("message") => {
+                added["status"] = json!("in_progress");
+                added["content"] = json!([]);
+                push(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": added}),
+                );
+                let text = item["content"][0]["text"].as_str().unwrap_or_default();
+                push(
+                    "response.content_part.added",
+                    json!({"item_id": item_id, "output_index": index,
+                    "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+                );
+                for piece in text_pieces(text) {
+                    push(
+                        "response.output_text.delta",
+                        json!({"item_id": item_id, "output_index": index,
+                        "content_index": 0, "delta": piece, "logprobs": []}),
+                    );
+                }
+                push(
+                    "response.output_text.done",
+                    json!({"item_id": item_id, "output_index": index,
+                    "content_index": 0, "text": text, "logprobs": []}),
+                );
+                push(
+                    "response.content_part.done",
+                    json!({"item_id": item_id, "output_index": index,
+                    "content_index": 0, "part": {"type": "output_text", "text": text, "annotations": []}}),
+                );
+            }
+            Some("function_call") => {
+                added["status"] = json!("in_progress");
+                added["arguments"] = json!("");
+                push(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": added}),
+                );
+                let arguments = item["arguments"].as_str().unwrap_or_default();
+                for piece in split_pieces(arguments, 3) {
+                    push(
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": item_id, "output_index": index, "delta": piece}),
+                    );
+                }
+                push(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item_id, "output_index": index, "arguments": arguments}),
+                );
+            }
+            _ => push(
+                "response.output_item.added",
+                json!({"output_index": index, "item": added}),
+            ),
+        }
+        push(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        );
+    }
+    push("response.completed", json!({"response": completed}));
+    events
+}
+
 fn responses(request: &Recorded, body: &Value) -> Reply {
     let model = body["model"].as_str().unwrap_or("gpt-4o-mock").to_owned();
     let tool_call = header_num(request, "x-mock-tool-call", 0) == 1;
@@ -548,82 +639,11 @@ fn responses(request: &Recorded, body: &Value) -> Reply {
     if body["stream"] != json!(true) {
         return json_reply(200, response("completed", json!(output), usage));
     }
-    let mut seq = 0u64;
-    let mut events = Vec::new();
-    let mut push = |kind: &str, fields: Value| {
-        // `type` and `sequence_number` first, as the API writes them.
-        let mut data = json!({"type": kind, "sequence_number": seq});
-        if let (Some(map), Value::Object(extra)) = (data.as_object_mut(), fields) {
-            map.extend(extra);
-        }
-        seq += 1;
-        events.push(format!("event: {kind}\ndata: {data}\n\n"));
-    };
-    push(
-        "response.created",
-        json!({"response": response("in_progress", json!([]), Value::Null)}),
-    );
-    push(
-        "response.in_progress",
-        json!({"response": response("in_progress", json!([]), Value::Null)}),
-    );
-    let mut added = message.clone();
-    added["status"] = json!("in_progress");
-    added["content"] = json!([]);
-    push(
-        "response.output_item.added",
-        json!({"output_index": 0, "item": added}),
-    );
-    push(
-        "response.content_part.added",
-        json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0,
-            "part": {"type": "output_text", "text": "", "annotations": []}}),
-    );
-    for word in words(n) {
-        push(
-            "response.output_text.delta",
-            json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0, "delta": word, "logprobs": []}),
-        );
-    }
-    push(
-        "response.output_text.done",
-        json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
-    );
-    push(
-        "response.content_part.done",
-        json!({"item_id": "msg_mock1", "output_index": 0, "content_index": 0,
-            "part": {"type": "output_text", "text": text, "annotations": []}}),
-    );
-    push(
-        "response.output_item.done",
-        json!({"output_index": 0, "item": message}),
-    );
-    if tool_call {
-        let mut added = call.clone();
-        added["status"] = json!("in_progress");
-        added["arguments"] = json!("");
-        push(
-            "response.output_item.added",
-            json!({"output_index": 1, "item": added}),
-        );
-        for piece in ["{\"city\"", ":\"Par", "is\"}"] {
-            push(
-                "response.function_call_arguments.delta",
-                json!({"item_id": "fc_mock1", "output_index": 1, "delta": piece}),
-            );
-        }
-        push(
-            "response.function_call_arguments.done",
-            json!({"item_id": "fc_mock1", "output_index": 1, "arguments": "{\"city\":\"Paris\"}"}),
-        );
-        push(
-            "response.output_item.done",
-            json!({"output_index": 1, "item": call}),
-        );
-    }
-    push(
-        "response.completed",
-        json!({"response": response("completed", json!(output), usage)}),
+    let events = response_events(
+        response("in_progress", json!([]), Value::Null),
+        &output,
+        response("completed", json!(output), usage),
+        |_| words(n),
     );
     sse_reply(request, events)
 }
@@ -810,98 +830,11 @@ fn agent_responses(request: &Recorded, body: &Value) -> Reply {
     if body["stream"] != json!(true) {
         return json_reply(200, response("completed", json!(output), usage));
     }
-    let mut seq = 0u64;
-    let mut events = Vec::new();
-    let mut push = |kind: &str, fields: Value| {
-        let mut data = json!({"type": kind, "sequence_number": seq});
-        if let (Some(map), Value::Object(extra)) = (data.as_object_mut(), fields) {
-            map.extend(extra);
-        }
-        seq += 1;
-        events.push(format!("event: {kind}\ndata: {data}\n\n"));
-    };
-    push(
-        "response.created",
-        json!({"response": response("in_progress", json!([]), Value::Null)}),
-    );
-    push(
-        "response.in_progress",
-        json!({"response": response("in_progress", json!([]), Value::Null)}),
-    );
-    for (index, item) in output.iter().enumerate() {
-        let item_id = item["id"].clone();
-        let mut added = item.clone();
-        match item_type(item) {
-            "message" => {
-                added["status"] = json!("in_progress");
-                added["content"] = json!([]);
-                push(
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": added}),
-                );
-                let text = item["content"][0]["text"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                push(
-                    "response.content_part.added",
-                    json!({"item_id": item_id, "output_index": index,
-                    "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
-                );
-                for piece in text.split_inclusive(' ') {
-                    push(
-                        "response.output_text.delta",
-                        json!({"item_id": item_id, "output_index": index,
-                        "content_index": 0, "delta": piece, "logprobs": []}),
-                    );
-                }
-                push(
-                    "response.output_text.done",
-                    json!({"item_id": item_id, "output_index": index,
-                    "content_index": 0, "text": text, "logprobs": []}),
-                );
-                push(
-                    "response.content_part.done",
-                    json!({"item_id": item_id, "output_index": index,
-                    "content_index": 0, "part": {"type": "output_text", "text": text, "annotations": []}}),
-                );
-            }
-            "function_call" => {
-                added["status"] = json!("in_progress");
-                added["arguments"] = json!("");
-                push(
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": added}),
-                );
-                let arguments = item["arguments"].as_str().unwrap_or_default().to_owned();
-                for piece in split_pieces(&arguments, 3) {
-                    push(
-                        "response.function_call_arguments.delta",
-                        json!({"item_id": item_id,
-                        "output_index": index, "delta": piece}),
-                    );
-                }
-                push(
-                    "response.function_call_arguments.done",
-                    json!({"item_id": item_id,
-                    "output_index": index, "arguments": arguments}),
-                );
-            }
-            _ => {
-                push(
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": added}),
-                );
-            }
-        }
-        push(
-            "response.output_item.done",
-            json!({"output_index": index, "item": item}),
-        );
-    }
-    push(
-        "response.completed",
-        json!({"response": response("completed", json!(output), usage)}),
+    let events = response_events(
+        response("in_progress", json!([]), Value::Null),
+        &output,
+        response("completed", json!(output), usage),
+        |text| text.split_inclusive(' ').map(str::to_owned).collect(),
     );
     sse_reply(request, events)
 }

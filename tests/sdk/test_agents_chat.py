@@ -16,10 +16,10 @@ import os
 os.environ["OPENAI_AGENTS_DISABLE_TRACING"] = "1"
 
 from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool  # noqa: E402
+from conftest import tool_outputs  # noqa: E402
 from openai import AsyncOpenAI  # noqa: E402
 
 KEY = "sk-test-agents-0123456789"
-RESULTS = "Tool results: "
 
 
 def make_agent(base: str, tools: list) -> Agent:
@@ -30,11 +30,6 @@ def make_agent(base: str, tools: list) -> Agent:
         model=OpenAIChatCompletionsModel(model="mock-agent", openai_client=client),
         tools=tools,
     )
-
-
-def outputs(final: str) -> list[str]:
-    assert isinstance(final, str) and final.startswith(RESULTS), final
-    return final[len(RESULTS):].split(" | ")
 
 
 def lookup_tool(ran: list[str]):
@@ -62,7 +57,7 @@ def test_agent_tool_and_governed_tool_in_one_run(governed):
     assert ran == ["tollgate"]
     assert governed.tools.bodies()[before:] == [{"city": "Paris"}]
     # The model saw both results, in the order it made the calls.
-    first, second = outputs(result.final_output)
+    first, second = tool_outputs(result.final_output)
     assert first == "lookup found tollgate"
     assert json.loads(second) == {"city": "Paris", "temp_c": 18}
     # The agent never saw the governed call.
@@ -89,7 +84,7 @@ def test_agent_tool_and_governed_tool_streamed(governed):
     streamed, names = asyncio.run(run())
     assert ran == ["streams"]
     assert names == ["lookup"]
-    first, second = outputs(streamed.final_output)
+    first, second = tool_outputs(streamed.final_output)
     assert first == "lookup found streams"
     assert json.loads(second) == {"city": "Turin", "temp_c": 18}
 
@@ -111,7 +106,7 @@ def test_blocked_agent_tool_never_runs(governed):
     result = asyncio.run(Runner.run(agent, 'call shell_exec {"command":"cat /etc/passwd"}'))
     assert ran == [], "the policy blocks shell_exec: the agent must never run it"
     assert not [item for item in result.new_items if item.type == "tool_call_item"]
-    [output] = outputs(result.final_output)
+    [output] = tool_outputs(result.final_output)
     error = json.loads(output)["error"]
     assert error["type"] == "tool_call_denied"
     assert "shell_exec" in error["message"]
@@ -137,7 +132,7 @@ def test_blocked_and_allowed_agent_tools_in_one_turn_then_receipts_verify(govern
         Runner.run(agent, 'call shell_exec {"command":"rm -rf /"}; call lookup {"query":"both"}')
     )
     assert ran == ["both"], "only the allowed tool runs"
-    denied, looked_up = outputs(result.final_output)
+    denied, looked_up = tool_outputs(result.final_output)
     assert json.loads(denied)["error"]["type"] == "tool_call_denied"
     assert looked_up == "lookup found both"
 

@@ -31,12 +31,12 @@ from agents import (  # noqa: E402
 )
 from agents.models import _openai_shared  # noqa: E402
 from agents.models.multi_provider import MultiProvider  # noqa: E402
+from conftest import tool_outputs  # noqa: E402
 from openai import AsyncOpenAI  # noqa: E402
 from openai.types.shared import Reasoning  # noqa: E402
 
 KEY = "sk-test-agents-responses-0123456789"
 MODEL = "mock-agent"
-RESULTS = "Tool results: "
 ROUND_TOKENS = 15
 
 
@@ -62,11 +62,6 @@ def make_agent(tools: list, settings: ModelSettings | None = None) -> Agent:
         tools=tools,
         model_settings=settings or ModelSettings(),
     )
-
-
-def outputs(final: str) -> list[str]:
-    assert isinstance(final, str) and final.startswith(RESULTS), final
-    return final[len(RESULTS):].split(" | ")
 
 
 def lookup_tool(ran: list[str]):
@@ -140,7 +135,7 @@ def test_agent_tool_and_governed_tool_in_one_turn(governed, default_client, stre
     assert governed.tools.bodies()[before:] == [{"city": city}]
     assert called(result) == ["lookup"]
     # The model saw both results.
-    weather, looked_up = outputs(result.final_output)
+    weather, looked_up = tool_outputs(result.final_output)
     assert json.loads(weather) == {"city": city, "temp_c": 18}
     assert looked_up == f"lookup found {query}"
     # Two model calls of one round each.
@@ -161,11 +156,11 @@ def test_next_turn_replays_the_run_and_is_accepted(governed, default_client):
         return first, await Runner.run(agent, history)
 
     first, second = asyncio.run(two_turns())
-    weather, _ = outputs(first.final_output)
+    weather, _ = tool_outputs(first.final_output)
     assert json.loads(weather) == {"city": "Gent", "temp_c": 18}
     on_responses(second)
     assert ran == ["one", "two"]
-    assert outputs(second.final_output) == ["lookup found two"]
+    assert tool_outputs(second.final_output) == ["lookup found two"]
     assert governed.tools.bodies().count({"city": "Gent"}) == 1
 
 
@@ -182,7 +177,7 @@ def test_chained_by_previous_response_id(governed, default_client):
     on_responses(result)
     assert ran == ["chained"]
     assert called(result) == ["lookup"]
-    weather, looked_up = outputs(result.final_output)
+    weather, looked_up = tool_outputs(result.final_output)
     assert json.loads(weather) == {"city": "Bruges", "temp_c": 18}
     assert looked_up == "lookup found chained"
 
@@ -212,7 +207,7 @@ def test_reasoning_without_storage(governed, default_client, streaming):
     for item in reasoning:
         n = item.id.removeprefix("rs_mockagent")
         assert item.encrypted_content == f"gAAAAB-mock-opaque-{n}="
-    weather, looked_up = outputs(result.final_output)
+    weather, looked_up = tool_outputs(result.final_output)
     assert json.loads(weather) == {"city": city, "temp_c": 18}
     assert looked_up == "lookup found why"
 
@@ -230,7 +225,7 @@ def test_blocked_agent_tool_never_runs(governed, default_client, streaming):
     on_responses(result)
     assert ran == [], "the policy blocks shell_exec: the agent must never run it"
     assert called(result) == []
-    [output] = outputs(result.final_output)
+    [output] = tool_outputs(result.final_output)
     error = json.loads(output)["error"]
     assert error["type"] == "tool_call_denied"
     assert "shell_exec" in error["message"]
@@ -253,7 +248,7 @@ def test_blocked_allowed_and_governed_in_one_turn_then_receipts_verify(governed,
     )
     assert ran == ["all three"], "only the allowed client tool runs"
     assert called(result) == ["lookup"]
-    denied, weather, looked_up = outputs(result.final_output)
+    denied, weather, looked_up = tool_outputs(result.final_output)
     assert json.loads(denied)["error"]["type"] == "tool_call_denied"
     assert json.loads(weather) == {"city": "Ypres", "temp_c": 18}
     assert looked_up == "lookup found all three"
