@@ -8,19 +8,20 @@
 //! - `--mode max --conns C`: closed loop, `C` connections each sending its next
 //!   request as soon as the previous response ends: maximum throughput.
 //!
-//! Workloads: `chat-json` (a Chat Completions request of about 1 KiB with tools,
-//! JSON response) and `chat-sse` (the same with `stream: true`, 20 content events);
-//! `chat-tool-json` and `chat-tool-sse` are the same requests with the header
-//! `x-mock-tool-call: 1`, so that every answer of the mock ends with one tool call
-//! to `get_weather`. `responses-sse` and `responses-tool-sse` are the same on the
-//! Responses API (`POST /v1/responses`, a stream of `event:`/`data:` events that
-//! ends with `response.completed`). For streams, time to first byte, the time from
-//! the first to the last byte, and the number of events are recorded too. A
-//! response that is not 200, a Chat stream that does not end with `[DONE]`, a
-//! Responses stream without `response.completed`, or,
-//! for the tool workloads, a response whose body does not carry the call
-//! (`"name":"get_weather"`), is an error: a proxy that governs the call must also
-//! relay it.
+//! Workloads, each on Chat Completions (`chat-`) and on the Responses API
+//! (`responses-`), every answer ending with one tool call to `get_weather` (the
+//! header `x-mock-tool-call: 1`), which a governing proxy decides:
+//! - `tools-7k`: a 7 KiB request declaring eight tools, a JSON answer;
+//! - `100k`: a 100 KiB request (forty earlier turns), a JSON answer;
+//! - `sse-0` and `sse-50`: the 7 KiB request streamed, 20 events 10 ms apart,
+//!   the first after 0 or 50 ms (`x-mock-first-ms`, `x-mock-interval-ms`).
+//!
+//! For streams, time to first byte, the time from the first to the last byte,
+//! and the number of events are recorded too. A response that is not 200, a Chat
+//! stream that does not end with `[DONE]`, a Responses stream without
+//! `response.completed`, a response whose body does not carry the call
+//! (`"name":"get_weather"`), or no complete answer within `--timeout`, is an
+//! error: a proxy that governs the call must also relay it.
 //!
 //! The output counts the warm-up requests that succeeded (`warmup_ok`) besides the
 //! measured ones, so that a caller can tell how many tool calls a proxy saw.
@@ -46,18 +47,18 @@ struct Args {
     rate: u64,
     conns: usize,
     duration: Duration,
-    events: u64,
+    timeout: Duration,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         url: String::new(),
         mode: "rate".into(),
-        workload: "chat-json".into(),
+        workload: "chat-tools-7k".into(),
         rate: 1000,
         conns: 32,
         duration: Duration::from_secs(5),
-        events: 20,
+        timeout: Duration::from_secs(10),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,7 +70,7 @@ fn parse_args() -> Args {
             "--rate" => args.rate = value.parse().unwrap(),
             "--conns" => args.conns = value.parse().unwrap(),
             "--duration" => args.duration = humantime::parse_duration(&value).unwrap(),
-            "--events" => args.events = value.parse().unwrap(),
+            "--timeout" => args.timeout = humantime::parse_duration(&value).unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -77,45 +78,133 @@ fn parse_args() -> Args {
     args
 }
 
-/// A request body of about 1 KiB: a short conversation and two tools.
-fn chat_body(stream: bool) -> Bytes {
-    let tool = |name: &str, about: &str| {
-        json!({"type": "function", "function": {"name": name, "description": about,
-            "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"},
-                "units": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}})
-    };
-    let body = json!({
-        "model": "gpt-4o-mock",
-        "messages": [
-            {"role": "developer", "content": "You are a helpful assistant that answers weather questions briefly and precisely."},
-            {"role": "user", "content": "What is the weather in Paris today, and should I bring an umbrella for the afternoon?"}
-        ],
-        "tools": [tool("get_weather", "Current weather for a city"), tool("get_forecast", "Forecast for the next days")],
-        "temperature": 0.2,
-        "stream": stream,
-        "stream_options": if stream { json!({"include_usage": true}) } else { serde_json::Value::Null },
-    });
-    Bytes::from(body.to_string())
+/// The eight tools every workload's request declares, `get_weather` first: the
+/// mock's tool call names it.
+fn tools() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    let city = json!({"type": "string", "description": "City name, optionally with its country, e.g. \"Paris, FR\""});
+    vec![
+        (
+            "get_weather",
+            "Current weather conditions for a city: temperature, wind, humidity and a short summary.",
+            json!({"city": city, "units": {"type": "string", "enum": ["metric", "imperial"], "description": "Unit system"}}),
+        ),
+        (
+            "get_forecast",
+            "Hourly and daily forecast for a city for up to ten days ahead.",
+            json!({"city": city, "days": {"type": "integer", "minimum": 1, "maximum": 10, "description": "Days ahead"}}),
+        ),
+        (
+            "search_flights",
+            "Search scheduled flights between two airports on a date, cheapest first.",
+            json!({"from": {"type": "string", "description": "IATA code of the departure airport"},
+                "to": {"type": "string", "description": "IATA code of the arrival airport"},
+                "date": {"type": "string", "format": "date", "description": "Departure date, YYYY-MM-DD"}}),
+        ),
+        (
+            "book_hotel",
+            "Book a hotel room for the given nights; returns a confirmation number.",
+            json!({"hotel_id": {"type": "string", "description": "Identifier from search_hotels"},
+                "check_in": {"type": "string", "format": "date"}, "nights": {"type": "integer", "minimum": 1}}),
+        ),
+        (
+            "search_hotels",
+            "Find hotels in a city with availability for the given dates and guests.",
+            json!({"city": city, "check_in": {"type": "string", "format": "date"},
+                "guests": {"type": "integer", "minimum": 1, "maximum": 8}}),
+        ),
+        (
+            "convert_currency",
+            "Convert an amount between two currencies at today's reference rate.",
+            json!({"amount": {"type": "number"}, "from": {"type": "string", "description": "ISO 4217 code"},
+                "to": {"type": "string", "description": "ISO 4217 code"}}),
+        ),
+        (
+            "send_email",
+            "Send an email on the user's behalf to one recipient, plain text only.",
+            json!({"to": {"type": "string", "format": "email"}, "subject": {"type": "string"},
+                "body": {"type": "string", "description": "Plain text body"}}),
+        ),
+        (
+            "create_calendar_event",
+            "Create an event in the user's primary calendar and invite attendees.",
+            json!({"title": {"type": "string"}, "start": {"type": "string", "format": "date-time"},
+                "duration_minutes": {"type": "integer", "minimum": 5},
+                "attendees": {"type": "array", "items": {"type": "string", "format": "email"}}}),
+        ),
+    ]
 }
 
-/// The same conversation on the Responses API.
-fn responses_body(stream: bool) -> Bytes {
-    let tool = |name: &str, about: &str| {
-        json!({"type": "function", "name": name, "description": about,
-            "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"},
-                "units": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}, "strict": false})
+/// A passage of prose used to grow a conversation to its target size.
+const PROSE: &str = "The itinerary so far covers three cities over nine days, with trains between them and one \
+    flight home. The traveller prefers small hotels near the old town, walks most places, and wants the \
+    evenings free. Budget matters less than quiet rooms. Weather decides what each day holds: museums when \
+    it rains, the coast and the hills when it does not. ";
+
+/// `n` bytes of prose (ASCII, nothing JSON escapes).
+fn prose(n: usize) -> String {
+    PROSE.chars().cycle().take(n).collect()
+}
+
+/// A request of `size` bytes, within a few bytes: the eight tools, a developer
+/// message, `turns` earlier user and assistant messages sharing the prose that
+/// brings it to its size, and the question.
+fn request_body(responses: bool, stream: bool, size: usize, turns: usize) -> Bytes {
+    let build = |fill: usize| {
+        let tools: Vec<serde_json::Value> = tools()
+            .into_iter()
+            .map(|(name, about, properties)| {
+                let required: Vec<&String> = properties.as_object().unwrap().keys().collect();
+                let parameters =
+                    json!({"type": "object", "properties": properties, "required": required});
+                if responses {
+                    json!({"type": "function", "name": name, "description": about,
+                        "parameters": parameters, "strict": false})
+                } else {
+                    json!({"type": "function", "function": {"name": name, "description": about,
+                        "parameters": parameters}})
+                }
+            })
+            .collect();
+        let mut messages = Vec::new();
+        let developer = "You are a travel assistant. Answer briefly and precisely; use the tools for \
+            anything that depends on today's data, and never book or send anything without asking.";
+        if !responses {
+            messages.push(json!({"role": "developer", "content": developer}));
+        }
+        let share = fill / turns.max(1);
+        for i in 0..turns.max(1) {
+            let text = prose(if i + 1 == turns.max(1) {
+                fill - share * i
+            } else {
+                share
+            });
+            let role = if turns == 0 || i % 2 == 0 {
+                "user"
+            } else {
+                "assistant"
+            };
+            if turns > 0 || !text.is_empty() {
+                messages.push(json!({"role": role, "content": text}));
+            }
+        }
+        messages.push(json!({"role": "user",
+            "content": "What is the weather in Paris today, and should I bring an umbrella for the afternoon?"}));
+        let mut body = if responses {
+            json!({"model": "gpt-4o-mock", "instructions": developer, "input": messages})
+        } else {
+            json!({"model": "gpt-4o-mock", "messages": messages})
+        };
+        body["tools"] = json!(tools);
+        body["temperature"] = json!(0.2);
+        body["stream"] = json!(stream);
+        if stream && !responses {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        body.to_string()
     };
-    let body = json!({
-        "model": "gpt-4o-mock",
-        "instructions": "You are a helpful assistant that answers weather questions briefly and precisely.",
-        "input": [
-            {"role": "user", "content": "What is the weather in Paris today, and should I bring an umbrella for the afternoon?"}
-        ],
-        "tools": [tool("get_weather", "Current weather for a city"), tool("get_forecast", "Forecast for the next days")],
-        "temperature": 0.2,
-        "stream": stream,
-    });
-    Bytes::from(body.to_string())
+    let bare = build(0).len();
+    let body = build(size.saturating_sub(bare + 2));
+    Bytes::from(body)
 }
 
 #[derive(Default)]
@@ -135,51 +224,83 @@ impl Outcome {
     }
 }
 
-/// What the workload sends and what a good answer must contain.
+/// What the workload sends. Every answer ends with one tool call
+/// (`get_weather`), which a governing proxy decides.
 #[derive(Clone, Copy)]
 struct Workload {
-    stream: bool,
-    tool_call: bool,
+    /// `POST /v1/responses` rather than `/v1/chat/completions`.
     responses: bool,
+    stream: bool,
+    /// Request size in bytes.
+    size: usize,
+    /// Earlier user and assistant messages in the request.
+    turns: usize,
+    /// Pause before a stream's first event, then between events.
+    first_ms: u64,
+    interval_ms: u64,
 }
 
+/// Events in every stream, the tool call's and the terminal ones included.
+const STREAM_EVENTS: u64 = 20;
+
 impl Workload {
+    /// `chat-` or `responses-`, then `tools-7k` (a 7 KiB request with eight tools,
+    /// JSON answer), `100k` (a 100 KiB request, JSON answer), `sse-0` or `sse-50`
+    /// (the 7 KiB request streamed: 20 events 10 ms apart, the first after 0 or
+    /// 50 ms).
     fn parse(name: &str) -> Self {
-        match name {
-            "chat-json" => Self {
-                stream: false,
-                tool_call: false,
-                responses: false,
+        let (api, shape) = name
+            .split_once('-')
+            .unwrap_or_else(|| panic!("unknown workload {name}"));
+        let responses = match api {
+            "chat" => false,
+            "responses" => true,
+            _ => panic!("unknown workload {name}"),
+        };
+        let base = Self {
+            responses,
+            stream: false,
+            size: 7 * 1024,
+            turns: 0,
+            first_ms: 0,
+            interval_ms: 0,
+        };
+        match shape {
+            "tools-7k" => base,
+            "100k" => Self {
+                size: 100 * 1024,
+                turns: 40,
+                ..base
             },
-            "chat-sse" => Self {
+            "sse-0" | "sse-50" => Self {
                 stream: true,
-                tool_call: false,
-                responses: false,
+                first_ms: if shape == "sse-50" { 50 } else { 0 },
+                interval_ms: 10,
+                ..base
             },
-            "chat-tool-json" => Self {
-                stream: false,
-                tool_call: true,
-                responses: false,
-            },
-            "chat-tool-sse" => Self {
-                stream: true,
-                tool_call: true,
-                responses: false,
-            },
-            "responses-sse" => Self {
-                stream: true,
-                tool_call: false,
-                responses: true,
-            },
-            "responses-tool-sse" => Self {
-                stream: true,
-                tool_call: true,
-                responses: true,
-            },
-            other => panic!("unknown workload {other}"),
+            _ => panic!("unknown workload {name}"),
+        }
+    }
+
+    /// Text deltas the mock sends so that, with the tool call and the
+    /// stream's own events, there are `STREAM_EVENTS` in all.
+    fn text_chunks(&self) -> u64 {
+        // Chat: role chunk, the deltas, call opening, three argument
+        // fragments, finish, usage, `[DONE]`. Responses: created, in_progress,
+        // the message's added/part added, the deltas, text done/part
+        // done/item done, the call's added, three argument deltas, done, item
+        // done, completed.
+        if self.responses {
+            STREAM_EVENTS - 14
+        } else {
+            STREAM_EVENTS - 8
         }
     }
 }
+
+/// Requests in flight at once, at most, in the open loop: beyond, a due request
+/// is counted as an error rather than sent (a server that far behind is saturated).
+const MAX_IN_FLIGHT: usize = 4096;
 
 /// The tool call the mock makes, as any compact JSON encoder writes its name.
 const TOOL_CALL_MARK: &[u8] = br#""name":"get_weather""#;
@@ -236,18 +357,17 @@ async fn one(
     url: &hyper::Uri,
     body: &Bytes,
     workload: Workload,
-    events: u64,
 ) -> Result<Timing, String> {
-    let stream = workload.stream;
     let sent = Instant::now();
     let mut request = hyper::Request::post(url.clone())
         .header("content-type", "application/json")
-        .header("authorization", "Bearer sk-bench-0123456789");
-    if stream {
-        request = request.header("x-mock-chunks", events.to_string());
-    }
-    if workload.tool_call {
-        request = request.header("x-mock-tool-call", "1");
+        .header("authorization", "Bearer sk-bench-0123456789")
+        .header("x-mock-tool-call", "1");
+    if workload.stream {
+        request = request
+            .header("x-mock-chunks", workload.text_chunks().to_string())
+            .header("x-mock-first-ms", workload.first_ms.to_string())
+            .header("x-mock-interval-ms", workload.interval_ms.to_string());
     }
     let request = request.body(Full::new(body.clone())).unwrap();
     let response = client.request(request).await.map_err(|e| e.to_string())?;
@@ -259,9 +379,7 @@ async fn one(
     let mut last = sent.elapsed();
     let mut count = 0u64;
     let mut previous = 0u8;
-    // The whole body for the tool and Responses workloads (a few KiB), its last
-    // bytes otherwise.
-    let keep_all = workload.tool_call || workload.responses;
+    // The whole body: a few KiB at most.
     let mut kept = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| e.to_string())?;
@@ -275,18 +393,17 @@ async fn one(
                 previous = b;
             }
             kept.extend_from_slice(data);
-            if !keep_all && kept.len() > 64 {
-                kept.drain(..kept.len() - 64);
-            }
         }
     }
-    if stream && !workload.responses && !kept.ends_with(b"data: [DONE]\n\n") {
+    if workload.stream && !workload.responses && !kept.ends_with(b"data: [DONE]\n\n") {
         return Err("stream did not end with [DONE]".into());
     }
-    if stream && workload.responses && !contains(&kept, b"event: response.completed\n") {
+    // With or without `event:` lines: some proxies send `data:` lines only.
+    if workload.stream && workload.responses && !contains(&kept, br#""type":"response.completed""#)
+    {
         return Err("stream did not end with response.completed".into());
     }
-    if workload.tool_call && !contains(&kept, TOOL_CALL_MARK) {
+    if !contains(&kept, TOOL_CALL_MARK) {
         return Err("response does not carry the get_weather tool call".into());
     }
     let ttfb = first.unwrap_or(last);
@@ -297,16 +414,35 @@ async fn one(
     })
 }
 
+/// `one`, given up on after `timeout`.
+async fn timed(
+    client: &HttpClient,
+    url: &hyper::Uri,
+    body: &Bytes,
+    workload: Workload,
+    timeout: Duration,
+) -> Result<Timing, String> {
+    tokio::time::timeout(timeout, one(client, url, body, workload))
+        .await
+        .unwrap_or_else(|_| Err(format!("no complete answer within {timeout:?}")))
+}
+
 fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).max(1)
 }
 
 async fn run(args: Args) -> serde_json::Value {
     let workload = Workload::parse(&args.workload);
-    let (body, path) = if workload.responses {
-        (responses_body(workload.stream), "/v1/responses")
+    let body = request_body(
+        workload.responses,
+        workload.stream,
+        workload.size,
+        workload.turns,
+    );
+    let path = if workload.responses {
+        "/v1/responses"
     } else {
-        (chat_body(workload.stream), "/v1/chat/completions")
+        "/v1/chat/completions"
     };
     let url: hyper::Uri = format!("{}{path}", args.url).parse().unwrap();
     let mut connector = HttpConnector::new();
@@ -314,14 +450,19 @@ async fn run(args: Args) -> serde_json::Value {
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(4096)
         .build(connector);
-    // Warm up the connections and the server.
+    // Warm up the connections and the server: 50 requests, 10 at a time.
     let mut warmup_ok = 0u64;
-    for _ in 0..50 {
-        if one(&client, &url, &body, workload, args.events)
-            .await
-            .is_ok()
-        {
-            warmup_ok += 1;
+    for _ in 0..5 {
+        let mut batch = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (client, url, body) = (client.clone(), url.clone(), body.clone());
+            let timeout = args.timeout;
+            batch.spawn(async move { timed(&client, &url, &body, workload, timeout).await });
+        }
+        while let Some(done) = batch.join_next().await {
+            if matches!(done, Ok(Ok(_))) {
+                warmup_ok += 1;
+            }
         }
     }
     let recorder = Arc::new(Mutex::new(Recorder::new()));
@@ -349,12 +490,12 @@ async fn run(args: Args) -> serde_json::Value {
             let inflight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let mut tasks = tokio::task::JoinSet::new();
             while let Some(due) = due_rx.recv().await {
-                if inflight.load(std::sync::atomic::Ordering::Relaxed) >= 2048 {
+                if inflight.load(std::sync::atomic::Ordering::Relaxed) >= MAX_IN_FLIGHT {
                     recorder
                         .lock()
                         .unwrap()
                         .outcome
-                        .error("more than 2048 requests in flight".into());
+                        .error(format!("more than {MAX_IN_FLIGHT} requests in flight"));
                     continue;
                 }
                 inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -365,9 +506,9 @@ async fn run(args: Args) -> serde_json::Value {
                     recorder.clone(),
                     inflight.clone(),
                 );
-                let events = args.events;
+                let timeout = args.timeout;
                 tasks.spawn(async move {
-                    let result = one(&client, &url, &body, workload, events).await;
+                    let result = timed(&client, &url, &body, workload, timeout).await;
                     let done = Instant::now();
                     let mut r = recorder.lock().unwrap();
                     match result {
@@ -387,11 +528,11 @@ async fn run(args: Args) -> serde_json::Value {
             for _ in 0..args.conns {
                 let (client, url, body, recorder) =
                     (client.clone(), url.clone(), body.clone(), recorder.clone());
-                let events = args.events;
+                let timeout = args.timeout;
                 tasks.spawn(async move {
                     while Instant::now() < deadline {
                         let sent = Instant::now();
-                        let result = one(&client, &url, &body, workload, events).await;
+                        let result = timed(&client, &url, &body, workload, timeout).await;
                         let mut r = recorder.lock().unwrap();
                         match result {
                             Ok(timing) => r.record(sent.elapsed(), &timing),
@@ -413,9 +554,11 @@ async fn run(args: Args) -> serde_json::Value {
             h.value_at_quantile(p)
         }
     };
+    let percentiles = |h: &Histogram<u64>| json!({"p50": q(h, 0.5), "p99": q(h, 0.99), "p999": q(h, 0.999), "max": h.max()});
     json!({
         "mode": args.mode,
         "workload": args.workload,
+        "request_bytes": body.len(),
         "rate": if args.mode == "rate" { json!(args.rate) } else { json!(null) },
         "conns": if args.mode == "max" { json!(args.conns) } else { json!(null) },
         "seconds": elapsed,
@@ -424,9 +567,9 @@ async fn run(args: Args) -> serde_json::Value {
         "error_kinds": r.outcome.kinds,
         "warmup_ok": warmup_ok,
         "throughput_rps": r.outcome.ok as f64 / elapsed,
-        "latency_us": {"p50": q(&r.latency, 0.5), "p99": q(&r.latency, 0.99), "p999": q(&r.latency, 0.999), "max": r.latency.max()},
-        "ttfb_us": {"p50": q(&r.ttfb, 0.5), "p99": q(&r.ttfb, 0.99)},
-        "spread_us": {"p50": q(&r.spread, 0.5), "p99": q(&r.spread, 0.99)},
+        "latency_us": percentiles(&r.latency),
+        "ttfb_us": percentiles(&r.ttfb),
+        "spread_us": percentiles(&r.spread),
         "events_per_response": r.events,
     })
 }
