@@ -66,6 +66,7 @@ pub struct RawConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_body_bytes: Option<u64>,
+    max_governed_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     header_read_timeout: Option<String>,
@@ -258,6 +259,9 @@ pub struct TlsFiles {
 pub struct Limits {
     /// Largest request body in bytes.
     pub max_body_bytes: u64,
+    /// Most bytes of request bodies that governed requests in progress may hold
+    /// together; a governed request that would pass it is refused with a 503.
+    pub max_governed_bytes: u64,
     /// Largest total size of request headers (names, values and separators).
     pub max_header_bytes: usize,
     /// Largest number of request headers.
@@ -268,6 +272,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 16 * 1024 * 1024,
+            max_governed_bytes: 256 * 1024 * 1024,
             max_header_bytes: 32 * 1024,
             max_headers: 100,
         }
@@ -395,6 +400,10 @@ impl Config {
                 .max_body_bytes
                 .or(raw.max_body_bytes)
                 .unwrap_or(defaults.max_body_bytes),
+            max_governed_bytes: args
+                .max_governed_bytes
+                .or(raw.max_governed_bytes)
+                .unwrap_or(defaults.max_governed_bytes),
             max_header_bytes: args
                 .max_header_bytes
                 .or(raw.max_header_bytes)
@@ -406,6 +415,12 @@ impl Config {
         };
         if limits.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be at least 1"));
+        }
+        if limits.max_governed_bytes < limits.max_body_bytes {
+            return Err(invalid(
+                "max_governed_bytes",
+                "must be at least max_body_bytes, or a request of the largest size could never be governed",
+            ));
         }
         if !(1024..=1024 * 1024).contains(&limits.max_header_bytes) {
             return Err(invalid(
@@ -655,6 +670,7 @@ mod tests {
         assert_eq!(c.upstream.to_string(), "https://api.openai.com");
         assert!(c.tls.is_none());
         assert_eq!(c.limits.max_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.limits.max_governed_bytes, 256 * 1024 * 1024);
         assert_eq!(c.timeouts.idle, Duration::from_secs(300));
         assert_eq!(c.timeouts.connect, Duration::from_secs(10));
     }
@@ -703,6 +719,7 @@ mod tests {
             ("idle_timeout = \"soon\"", "idle_timeout"),
             ("idle_timeout = \"0s\"", "idle_timeout"),
             ("max_body_bytes = 0", "max_body_bytes"),
+            ("max_governed_bytes = 1048576", "max_governed_bytes"),
             ("max_headers = 2", "max_headers"),
             ("tls_cert = \"a.pem\"", "tls_key"),
         ] {

@@ -91,6 +91,15 @@ pub enum ProxyError {
         /// Why.
         message: String,
     },
+    /// Governed requests in progress already hold the memory budget for request
+    /// bodies (`max_governed_bytes`); the client should retry shortly.
+    #[error(
+        "tollgate is at capacity: governed requests in progress already hold {limit} bytes of request bodies; retry shortly"
+    )]
+    Overloaded {
+        /// The budget in bytes.
+        limit: u64,
+    },
     /// An admin path that does not exist.
     #[error("no such tollgate endpoint: {path}")]
     NotFound {
@@ -147,7 +156,9 @@ impl ProxyError {
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamInvalid { .. }
             | Self::UpstreamTimeout { .. } => Fault::Upstream,
-            Self::Internal { .. } | Self::Unavailable { .. } => Fault::Proxy,
+            Self::Internal { .. } | Self::Unavailable { .. } | Self::Overloaded { .. } => {
+                Fault::Proxy
+            }
         }
     }
 
@@ -162,7 +173,7 @@ impl ProxyError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
@@ -192,6 +203,7 @@ impl ProxyError {
             Self::Forbidden { .. } => "forbidden",
             Self::Conflict { .. } => "conflict",
             Self::Unavailable { .. } => "receipts_unavailable",
+            Self::Overloaded { .. } => "server_overloaded",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::UpstreamUnreachable { .. } => "upstream_unreachable",
             Self::UpstreamInvalid { .. } => "upstream_invalid_response",
@@ -236,6 +248,9 @@ impl ProxyError {
             "x-should-retry",
             HeaderValue::from_static(if self.retryable() { "true" } else { "false" }),
         );
+        if matches!(self, Self::Overloaded { .. }) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         headers.insert(
             "x-tollgate-error-source",
             HeaderValue::from_static(self.fault().as_str()),

@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
 use super::body::{
@@ -50,19 +51,59 @@ pub fn surface(method: &http::Method, uri: &Uri) -> Option<Surface> {
     }
 }
 
-/// Reads a client's body whole, within the limits.
-async fn read_body(shared: &Shared, body: Incoming) -> Result<Bytes, ProxyError> {
+/// Reads a client's body whole, within the limits, taking its share of the
+/// governed budget (a permit per KiB, at least one) as it arrives. The permit is
+/// held until the governed request ends; a body that does not fit in what is left
+/// of the budget is refused at once, so memory held by governed requests stays
+/// bounded however many arrive together.
+async fn read_body(
+    shared: &Shared,
+    body: Incoming,
+) -> Result<(Bytes, OwnedSemaphorePermit), ProxyError> {
     let limits = &shared.config.limits;
     let outcome = Arc::new(RequestBodyOutcome::default());
-    let body = RequestBody::new(
+    let mut body = RequestBody::new(
         body,
         limits.max_body_bytes,
         shared.config.timeouts.idle,
         outcome.clone(),
     );
-    match body.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(_) => Err(match outcome.fault() {
+    let overloaded = || ProxyError::Overloaded {
+        limit: limits.max_governed_bytes,
+    };
+    let mut held = Arc::clone(&shared.governed_budget)
+        .try_acquire_owned()
+        .map_err(|_| overloaded())?;
+    let mut bytes = Vec::new();
+    let mut failed = false;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            failed = true;
+            break;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        bytes.extend_from_slice(&data);
+        let wanted = bytes.len().div_ceil(1024).max(1);
+        let more = wanted.saturating_sub(held.num_permits());
+        if more > 0 {
+            let permit = u32::try_from(more)
+                .ok()
+                .and_then(|n| {
+                    Arc::clone(&shared.governed_budget)
+                        .try_acquire_many_owned(n)
+                        .ok()
+                })
+                .ok_or_else(overloaded)?;
+            held.merge(permit);
+        }
+    }
+    if !failed {
+        return Ok((Bytes::from(bytes), held));
+    }
+    {
+        Err(match outcome.fault() {
             Some(RequestBodyFault::TooLarge) => ProxyError::BodyTooLarge {
                 limit: limits.max_body_bytes,
             },
@@ -73,7 +114,7 @@ async fn read_body(shared: &Shared, body: Incoming) -> Result<Bytes, ProxyError>
                 message: "the request body was malformed or cut short".into(),
                 code: "invalid_request_body",
             },
-        }),
+        })
     }
 }
 
@@ -202,7 +243,7 @@ pub async fn govern(
             code: "unsupported_content_encoding",
         });
     }
-    let original = read_body(shared, body).await?;
+    let (original, budget) = read_body(shared, body).await?;
     let mut request: Value = match serde_json::from_slice(&original) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
@@ -273,6 +314,7 @@ pub async fn govern(
         streaming: request.get("stream").and_then(Value::as_bool) == Some(true),
         request,
         first_body,
+        budget,
     };
     if turn.streaming {
         stream(shared, request_id, turn).await
@@ -292,6 +334,8 @@ struct Governed {
     headers: HeaderMap,
     first_body: Bytes,
     streaming: bool,
+    /// This request's share of the governed budget, given back when it ends.
+    budget: OwnedSemaphorePermit,
 }
 
 async fn plain(
@@ -307,6 +351,8 @@ async fn plain(
         uri,
         headers,
         first_body,
+        // Held until the answer is built.
+        budget: _budget,
         ..
     } = turn;
     let last: Mutex<Option<(http::response::Parts, Bytes)>> = Mutex::new(None);
@@ -503,6 +549,7 @@ async fn stream(
         uri,
         headers,
         first_body,
+        budget,
         ..
     } = turn;
     // The first round decides the response's status and headers. An error
@@ -520,6 +567,8 @@ async fn stream(
     let task_shared = shared.clone();
     let request_id = request_id.clone();
     tokio::spawn(async move {
+        // Held until the stream's last round ends.
+        let _budget = budget;
         let next_shared = task_shared.clone();
         let upstream = move |round_request: &Value| {
             let shared = next_shared.clone();

@@ -49,6 +49,9 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Policy, receipts, identity and governed tools.
     pub gateway: Gateway,
+    /// The budget for request bodies held by governed requests in progress, in
+    /// KiB (`max_governed_bytes`): each holds permits for its body until it ends.
+    pub governed_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the server could not start.
@@ -114,6 +117,11 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let governed_budget = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(config.limits.max_governed_bytes / 1024)
+                .unwrap_or(usize::MAX)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(Self {
             listener,
             tls,
@@ -122,6 +130,7 @@ impl Server {
                 client,
                 draining: AtomicBool::new(false),
                 gateway,
+                governed_budget,
             }),
             local_addr,
         })

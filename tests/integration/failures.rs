@@ -97,6 +97,84 @@ async fn bodies_over_the_limit_get_413_before_or_while_streaming() {
     assert_eq!(response.bytes().await.unwrap().len(), 1024 * 1024);
 }
 
+/// A Chat Completions answer with no tool call.
+fn completion() -> Reply {
+    Reply::json(
+        serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes_back() {
+    let mock = MockUpstream::start().await;
+    // Room for one 48 KiB governed request at a time, not two.
+    let proxy = TestProxy::start(
+        &mock.url(),
+        "max_body_bytes = 65536\nmax_governed_bytes = 81920",
+    )
+    .await;
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    let big = |stream: bool| {
+        serde_json::json!({"model": "gpt-4o", "stream": stream,
+            "messages": [{"role": "user", "content": "x".repeat(48 * 1024)}]})
+    };
+    let (reply, feed) = Reply::stream(
+        200,
+        vec![("content-type".into(), "text/event-stream".into())],
+    );
+    mock.push(reply);
+    // The first is held open by the upstream: its body's share stays taken.
+    let mut first = client().post(&url).json(&big(true)).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+
+    // A second of the same size does not fit: refused at once, never forwarded,
+    // with a 503 the SDKs retry after the advertised pause.
+    let second = client().post(&url).json(&big(false)).send().await.unwrap();
+    assert_eq!(second.headers()["retry-after"], "1");
+    assert_eq!(second.headers()["x-should-retry"], "true");
+    assert_eq!(tollgate_error(second, 503).await, "server_overloaded");
+    assert_eq!(mock.received().len(), 1);
+
+    // A small one still fits beside the first.
+    mock.push(completion());
+    let small = client()
+        .post(&url)
+        .json(&serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    assert_eq!(mock.received().len(), 2);
+
+    // The first ends; its share comes back once its stream task is done, which a
+    // client retrying on 503 sees within a few attempts.
+    let chunk = serde_json::json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1,
+        "model": "gpt-4o", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "done"},
+        "finish_reason": "stop"}]});
+    feed.send(format!("data: {chunk}\n\ndata: [DONE]\n\n"));
+    drop(feed);
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, crate::common::read_to_end(&mut first, &mut got))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&got).ends_with("data: [DONE]\n\n"));
+    mock.push(completion());
+    let mut refused = 0;
+    let third = loop {
+        let response = client().post(&url).json(&big(false)).send().await.unwrap();
+        if response.status() != 503 || refused == 50 {
+            break response;
+        }
+        refused += 1;
+    };
+    assert_eq!(third.status(), 200, "still refused after {refused} retries");
+    assert_eq!(mock.received().len(), 3);
+    still_serving(&proxy, &mock).await;
+}
+
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let mock = MockUpstream::start().await;
