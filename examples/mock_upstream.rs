@@ -523,6 +523,28 @@ fn agent_chat(request: &Recorded, body: &Value) -> Reply {
     sse_reply(request, events)
 }
 
+/// A Responses answer: the `completed` response object, or with `stream: true`
+/// its events. `response(status, output, usage)` builds the response object.
+fn responses_reply(
+    request: &Recorded,
+    body: &Value,
+    response: impl Fn(&str, Value, Value) -> Value,
+    output: &[Value],
+    usage: Value,
+    text_pieces: impl Fn(&str) -> Vec<String>,
+) -> Reply {
+    if body["stream"] != json!(true) {
+        return json_reply(200, response("completed", json!(output), usage));
+    }
+    let events = response_events(
+        response("in_progress", json!([]), Value::Null),
+        output,
+        response("completed", json!(output), usage),
+        text_pieces,
+    );
+    sse_reply(request, events)
+}
+
 /// The event stream of a Responses answer, in the API's order: `created`,
 /// `in_progress`, each output item (a message's text in the pieces `text_pieces`
 /// cuts it into, a function call's arguments in three pieces), `completed`;
@@ -636,16 +658,7 @@ fn responses(request: &Recorded, body: &Value) -> Reply {
     };
     let usage = json!({"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0},
         "output_tokens": n, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 12 + n});
-    if body["stream"] != json!(true) {
-        return json_reply(200, response("completed", json!(output), usage));
-    }
-    let events = response_events(
-        response("in_progress", json!([]), Value::Null),
-        &output,
-        response("completed", json!(output), usage),
-        |_| words(n),
-    );
-    sse_reply(request, events)
+    responses_reply(request, body, response, &output, usage, |_| words(n))
 }
 
 /// What the `mock-agent` model stored of each response (`store` not false): the
@@ -827,16 +840,9 @@ fn agent_responses(request: &Recorded, body: &Value) -> Reply {
             "tools": body.get("tools").cloned().unwrap_or(json!([])), "top_p": 1.0,
             "truncation": "disabled", "usage": usage, "metadata": {}})
     };
-    if body["stream"] != json!(true) {
-        return json_reply(200, response("completed", json!(output), usage));
-    }
-    let events = response_events(
-        response("in_progress", json!([]), Value::Null),
-        &output,
-        response("completed", json!(output), usage),
-        |text| text.split_inclusive(' ').map(str::to_owned).collect(),
-    );
-    sse_reply(request, events)
+    responses_reply(request, body, response, &output, usage, |text| {
+        text.split_inclusive(' ').map(str::to_owned).collect()
+    })
 }
 
 fn respond(request: &Recorded) -> Reply {

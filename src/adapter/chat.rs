@@ -38,16 +38,7 @@ pub fn inject_tools(request: &mut Value, governed: &[GovernedTool]) -> Result<()
     if governed.is_empty() {
         return Ok(());
     }
-    let object = request.as_object_mut().ok_or(AdapterError::NotAnObject)?;
-    let tools = object
-        .entry("tools")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    let list = tools
-        .as_array_mut()
-        .ok_or_else(|| AdapterError::Malformed {
-            field: "tools",
-            message: "not a list".into(),
-        })?;
+    let list = super::tools_list(request)?;
     for tool in list.iter() {
         let name = tool
             .pointer("/function/name")

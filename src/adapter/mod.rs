@@ -7,6 +7,20 @@
 
 use serde_json::Value;
 
+/// A request's `tools` list, an empty one added when the request has none.
+fn tools_list(request: &mut Value) -> Result<&mut Vec<Value>, AdapterError> {
+    request
+        .as_object_mut()
+        .ok_or(AdapterError::NotAnObject)?
+        .entry("tools")
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
+        .ok_or_else(|| AdapterError::Malformed {
+            field: "tools",
+            message: "not a list".into(),
+        })
+}
+
 pub mod chat;
 pub mod responses;
 

@@ -95,19 +95,11 @@ pub fn inject_tools(request: &mut Value, governed: &[GovernedTool]) -> Result<()
     if governed.is_empty() {
         return Ok(());
     }
-    let object = request.as_object_mut().ok_or(AdapterError::NotAnObject)?;
-    let tools = object
-        .entry("tools")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if tools.is_null() {
+    // `tools: null` reads as no tools on this surface.
+    if let Some(tools) = request.get_mut("tools").filter(|t| t.is_null()) {
         *tools = Value::Array(Vec::new());
     }
-    let list = tools
-        .as_array_mut()
-        .ok_or_else(|| AdapterError::Malformed {
-            field: "tools",
-            message: "not a list".into(),
-        })?;
+    let list = super::tools_list(request)?;
     for tool in list.iter() {
         let kind = tool.get("type").and_then(Value::as_str);
         let name = tool.get("name").and_then(Value::as_str);

@@ -71,22 +71,31 @@ async fn read_body(
     let overloaded = || ProxyError::Overloaded {
         limit: limits.max_governed_bytes,
     };
+    let fault = || match outcome.fault() {
+        Some(RequestBodyFault::TooLarge) => ProxyError::BodyTooLarge {
+            limit: limits.max_body_bytes,
+        },
+        Some(RequestBodyFault::Stalled) => ProxyError::RequestTimeout {
+            secs: shared.config.timeouts.idle.as_secs(),
+        },
+        _ => ProxyError::BadRequest {
+            message: "the request body was malformed or cut short".into(),
+            code: "invalid_request_body",
+        },
+    };
     let mut held = Arc::clone(&shared.governed_budget)
         .try_acquire_owned()
         .map_err(|_| overloaded())?;
     let mut bytes = Vec::new();
-    let mut failed = false;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            failed = true;
-            break;
-        };
-        let Ok(data) = frame.into_data() else {
+        let Ok(data) = frame.map_err(|_| fault())?.into_data() else {
             continue;
         };
         bytes.extend_from_slice(&data);
-        let wanted = bytes.len().div_ceil(1024).max(1);
-        let more = wanted.saturating_sub(held.num_permits());
+        let more = bytes
+            .len()
+            .div_ceil(1024)
+            .saturating_sub(held.num_permits());
         if more > 0 {
             let permit = u32::try_from(more)
                 .ok()
@@ -99,23 +108,7 @@ async fn read_body(
             held.merge(permit);
         }
     }
-    if !failed {
-        return Ok((Bytes::from(bytes), held));
-    }
-    {
-        Err(match outcome.fault() {
-            Some(RequestBodyFault::TooLarge) => ProxyError::BodyTooLarge {
-                limit: limits.max_body_bytes,
-            },
-            Some(RequestBodyFault::Stalled) => ProxyError::RequestTimeout {
-                secs: shared.config.timeouts.idle.as_secs(),
-            },
-            _ => ProxyError::BadRequest {
-                message: "the request body was malformed or cut short".into(),
-                code: "invalid_request_body",
-            },
-        })
-    }
+    Ok((Bytes::from(bytes), held))
 }
 
 /// The headers each round sends upstream: the client's end-to-end headers, less

@@ -7,9 +7,9 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::common::mock::{MockUpstream, Reply};
+use crate::common::mock::Reply;
 use crate::common::{WAIT, client, shared_fixtures};
-use crate::governance::{POLICY, assert_paired, request, start, tool_messages};
+use crate::governance::{POLICY, assert_paired, request, start, start_with_weather, tool_messages};
 
 /// One `data:` event of a chunk with this delta and finish reason.
 fn chunk(delta: Value, finish: Value) -> Bytes {
@@ -241,9 +241,7 @@ async fn a_forbidden_word_split_across_deltas_is_held_and_denied() {
 
 #[tokio::test]
 async fn a_governed_tool_runs_mid_stream_and_usage_is_summed() {
-    let tool = MockUpstream::start().await;
-    tool.push(Reply::json("{\"temp_c\":18}"));
-    let g = start(POLICY, "", Some(tool)).await;
+    let g = start_with_weather(POLICY).await;
     g.upstream.push(Reply::sse(sse_calls(&[(
         "call_w",
         "weather__current",

@@ -39,6 +39,14 @@ pub fn weather_tool(tool: &MockUpstream, timeout_ms: u64) -> String {
     )
 }
 
+/// Starts a proxy with `policy` and the weather tool, served by a tool server that
+/// answers `{"temp_c":18}` once.
+pub async fn start_with_weather(policy: &str) -> Gov {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::json(r#"{"temp_c":18}"#));
+    start(policy, "", Some(tool)).await
+}
+
 /// Starts a proxy with `policy`, top-level `settings` lines, and the weather tool
 /// when a tool server is given.
 pub async fn start(policy: &str, settings: &str, tool: Option<MockUpstream>) -> Gov {

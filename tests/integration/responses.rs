@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::mock::{MockUpstream, Reply};
 use crate::common::{WAIT, client, read_to_end, shared_fixtures};
-use crate::governance::{Gov, POLICY, start};
+use crate::governance::{Gov, POLICY, start, start_with_weather};
 
 /// A function call item.
 fn call(n: u32, name: &str, arguments: &str) -> Value {
@@ -187,9 +187,7 @@ async fn a_denied_call_is_answered_to_the_model_from_the_stored_response() {
 
 #[tokio::test]
 async fn a_governed_tool_is_injected_flat_and_run_and_the_client_sees_the_answer() {
-    let tool = MockUpstream::start().await;
-    tool.push(Reply::json(r#"{"temp_c":18}"#));
-    let g = start(POLICY, "", Some(tool)).await;
+    let g = start_with_weather(POLICY).await;
     script(
         &g,
         vec![
@@ -349,9 +347,7 @@ async fn without_store_a_round_is_continued_by_replaying_its_items() {
 
 #[tokio::test]
 async fn a_previous_response_id_conversation_over_several_turns() {
-    let tool = MockUpstream::start().await;
-    tool.push(Reply::json(r#"{"temp_c":18}"#));
-    let g = start(POLICY, "", Some(tool)).await;
+    let g = start_with_weather(POLICY).await;
     // Turn 1: the governed tool, two rounds; the client knows it as resp_1.
     script(
         &g,
@@ -629,9 +625,7 @@ async fn stream(g: &Gov, mut body: Value) -> Events {
 
 #[tokio::test]
 async fn a_governed_call_is_hidden_and_the_stream_reads_as_one_response() {
-    let tool = MockUpstream::start().await;
-    tool.push(Reply::json(r#"{"temp_c":18}"#));
-    let g = start(POLICY, "", Some(tool)).await;
+    let g = start_with_weather(POLICY).await;
     let mut r1 = Sse::start("resp_1");
     let c = r1.call(0, 1, "weather__current", &["{\"city\"", ":\"Paris\"}"]);
     g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
@@ -1126,9 +1120,7 @@ async fn the_recorded_plain_response_is_governed() {
 
 #[tokio::test]
 async fn a_forced_call_is_not_forced_again_after_tollgate_answered_it() {
-    let tool = MockUpstream::start().await;
-    tool.push(Reply::json(r#"{"temp_c":18}"#));
-    let g = start(POLICY, "", Some(tool)).await;
+    let g = start_with_weather(POLICY).await;
     script(
         &g,
         vec![
