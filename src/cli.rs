@@ -317,9 +317,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
 
-    /// Most bytes of request bodies that governed requests in progress may hold
-    /// together; beyond it a governed request is refused with a 503 to retry
-    /// [default: 256 MiB].
+    /// Most bytes of request bodies and upstream answers that governed requests in
+    /// progress may hold together; beyond it a governed request is refused with a
+    /// 503 to retry [default: 256 MiB].
     #[arg(long, env = "TOLLGATE_MAX_GOVERNED_BYTES")]
     pub max_governed_bytes: Option<u64>,
 

@@ -92,9 +92,10 @@ pub enum ProxyError {
         message: String,
     },
     /// Governed requests in progress already hold the memory budget for request
-    /// bodies (`max_governed_bytes`); the client should retry shortly.
+    /// bodies and upstream answers (`max_governed_bytes`); the client should retry
+    /// shortly.
     #[error(
-        "tollgate is at capacity: governed requests in progress already hold {limit} bytes of request bodies; retry shortly"
+        "tollgate is at capacity: governed requests in progress already hold {limit} bytes of request bodies and answers; retry shortly"
     )]
     Overloaded {
         /// The budget in bytes.

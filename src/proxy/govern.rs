@@ -68,9 +68,6 @@ async fn read_body(
         shared.config.timeouts.idle,
         outcome.clone(),
     );
-    let overloaded = || ProxyError::Overloaded {
-        limit: limits.max_governed_bytes,
-    };
     let fault = || match outcome.fault() {
         Some(RequestBodyFault::TooLarge) => ProxyError::BodyTooLarge {
             limit: limits.max_body_bytes,
@@ -83,32 +80,47 @@ async fn read_body(
             code: "invalid_request_body",
         },
     };
-    let mut held = Arc::clone(&shared.governed_budget)
-        .try_acquire_owned()
-        .map_err(|_| overloaded())?;
+    let mut held = share(shared)?;
     let mut bytes = Vec::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(|_| fault())?.into_data() else {
             continue;
         };
         bytes.extend_from_slice(&data);
-        let more = bytes
-            .len()
-            .div_ceil(1024)
-            .saturating_sub(held.num_permits());
-        if more > 0 {
-            let permit = u32::try_from(more)
-                .ok()
-                .and_then(|n| {
-                    Arc::clone(&shared.governed_budget)
-                        .try_acquire_many_owned(n)
-                        .ok()
-                })
-                .ok_or_else(overloaded)?;
-            held.merge(permit);
-        }
+        cover(shared, &mut held, bytes.len())?;
     }
     Ok((Bytes::from(bytes), held))
+}
+
+/// A first share of the governed budget: one permit (one KiB), or
+/// [`ProxyError::Overloaded`] when the budget is spent.
+fn share(shared: &Shared) -> Result<OwnedSemaphorePermit, ProxyError> {
+    Arc::clone(&shared.governed_budget)
+        .try_acquire_owned()
+        .map_err(|_| overloaded(shared))
+}
+
+/// Grows `held` to a permit per KiB of `bytes`, at once or not at all.
+fn cover(shared: &Shared, held: &mut OwnedSemaphorePermit, bytes: usize) -> Result<(), ProxyError> {
+    let more = bytes.div_ceil(1024).saturating_sub(held.num_permits());
+    if more > 0 {
+        let permit = u32::try_from(more)
+            .ok()
+            .and_then(|n| {
+                Arc::clone(&shared.governed_budget)
+                    .try_acquire_many_owned(n)
+                    .ok()
+            })
+            .ok_or_else(|| overloaded(shared))?;
+        held.merge(permit);
+    }
+    Ok(())
+}
+
+fn overloaded(shared: &Shared) -> ProxyError {
+    ProxyError::Overloaded {
+        limit: shared.config.limits.max_governed_bytes,
+    }
 }
 
 /// The headers each round sends upstream: the client's end-to-end headers, less
@@ -156,9 +168,15 @@ async fn send_round(
     }
 }
 
-/// Reads an upstream answer whole, within the idle timeout between pieces.
-async fn read_answer(shared: &Shared, mut body: Incoming) -> Result<Bytes, ProxyError> {
+/// Reads an upstream answer whole, within the idle timeout between pieces, taking
+/// a share of the governed budget for it as it arrives (as [`read_body`] does for
+/// the request): the share is held as long as the answer is.
+async fn read_answer(
+    shared: &Shared,
+    mut body: Incoming,
+) -> Result<(Bytes, OwnedSemaphorePermit), ProxyError> {
     let idle = shared.config.timeouts.idle;
+    let mut held = share(shared)?;
     let mut bytes = Vec::new();
     loop {
         match tokio::time::timeout(idle, body.frame()).await {
@@ -167,7 +185,7 @@ async fn read_answer(shared: &Shared, mut body: Incoming) -> Result<Bytes, Proxy
                     detail: format!("the answer stalled for more than {idle:?}"),
                 });
             }
-            Ok(None) => return Ok(Bytes::from(bytes)),
+            Ok(None) => return Ok((Bytes::from(bytes), held)),
             Ok(Some(Err(e))) => {
                 return Err(ProxyError::UpstreamUnreachable {
                     detail: format!("the answer broke off: {e}"),
@@ -181,6 +199,7 @@ async fn read_answer(shared: &Shared, mut body: Incoming) -> Result<Bytes, Proxy
                         });
                     }
                     bytes.extend_from_slice(&data);
+                    cover(shared, &mut held, bytes.len())?;
                 }
             }
         }
@@ -348,7 +367,10 @@ async fn plain(
         budget: _budget,
         ..
     } = turn;
-    let last: Mutex<Option<(http::response::Parts, Bytes)>> = Mutex::new(None);
+    // The last round's answer, with its share of the budget (the previous one's
+    // share goes back when a new answer replaces it).
+    let last: Mutex<Option<(http::response::Parts, Bytes, OwnedSemaphorePermit)>> =
+        Mutex::new(None);
     let first = Mutex::new(Some(first_body));
     let (last_ref, first_ref, uri_ref, headers_ref) = (&last, &first, &uri, &headers);
     let upstream = move |round_request: &Value| {
@@ -359,10 +381,10 @@ async fn plain(
         async move {
             let response = send_round(shared, uri_ref, headers_ref, body).await?;
             let (parts, body) = response.into_parts();
-            let bytes = read_answer(shared, body).await?;
+            let (bytes, held) = read_answer(shared, body).await?;
             let status = parts.status;
             let encoded = is_encoded(&parts.headers);
-            *lock(last_ref) = Some((parts, bytes.clone()));
+            *lock(last_ref) = Some((parts, bytes.clone(), held));
             if !status.is_success() {
                 let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 return Err(GovernError::Upstream(status.as_u16(), value));
@@ -402,7 +424,7 @@ async fn plain(
     };
     let last = lock(&last).take();
     match (result, last) {
-        (Ok(finished), Some((parts, bytes))) => {
+        (Ok(finished), Some((parts, bytes, _held))) => {
             if finished.rewritten {
                 Ok(respond(parts, Bytes::from(finished.response.to_string())))
             } else {
@@ -410,7 +432,7 @@ async fn plain(
             }
         }
         // An upstream error status reaches the client as the upstream sent it.
-        (Err(GovernError::Upstream(..)), Some((parts, bytes))) => Ok(respond(parts, bytes)),
+        (Err(GovernError::Upstream(..)), Some((parts, bytes, _held))) => Ok(respond(parts, bytes)),
         (Err(error), _) => Err(governance_error(error)),
         (Ok(_), None) => Err(ProxyError::Internal {
             detail: "the loop ended without an upstream answer".into(),
@@ -517,7 +539,7 @@ async fn open_stream(
     let response = send_round(shared, uri, headers, body).await?;
     let (parts, body) = response.into_parts();
     if !parts.status.is_success() {
-        let bytes = read_answer(shared, body).await?;
+        let (bytes, _held) = read_answer(shared, body).await?;
         return Ok(Opened::Refused(parts, bytes));
     }
     if !is_event_stream(&parts.headers) || is_encoded(&parts.headers) {

@@ -49,8 +49,9 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Policy, receipts, identity and governed tools.
     pub gateway: Gateway,
-    /// The budget for request bodies held by governed requests in progress, in
-    /// KiB (`max_governed_bytes`): each holds permits for its body until it ends.
+    /// The budget for request bodies and upstream answers held by governed
+    /// requests in progress, in KiB (`max_governed_bytes`): each holds permits for
+    /// its body until it ends, and for an answer as long as it holds the answer.
     pub governed_budget: Arc<tokio::sync::Semaphore>,
 }
 

@@ -176,6 +176,44 @@ async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes
 }
 
 #[tokio::test]
+async fn a_governed_answer_beyond_the_memory_budget_gets_503_and_its_share_comes_back() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(
+        &mock.url(),
+        "max_body_bytes = 16384\nmax_governed_bytes = 65536",
+    )
+    .await;
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    let request =
+        serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let answer = |content: String| {
+        Reply::json(
+            serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+            .to_string(),
+        )
+    };
+    // An answer bigger than the whole budget: the request was forwarded, but its
+    // answer is not held; the client gets the retryable 503.
+    mock.push(answer("x".repeat(96 * 1024)));
+    let refused = client().post(&url).json(&request).send().await.unwrap();
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(tollgate_error(refused, 503).await, "server_overloaded");
+    assert_eq!(mock.received().len(), 1);
+
+    // Its share came back: an answer of most of the budget is served whole.
+    let content = "y".repeat(48 * 1024);
+    mock.push(answer(content.clone()));
+    let served = client().post(&url).json(&request).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    let body: serde_json::Value = served.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], content.as_str());
+    assert_eq!(mock.received().len(), 2);
+    still_serving(&proxy, &mock).await;
+}
+
+#[tokio::test]
 async fn oversized_headers_get_431() {
     let mock = MockUpstream::start().await;
     let proxy = TestProxy::start(&mock.url(), "max_header_bytes = 8192\nmax_headers = 20").await;
