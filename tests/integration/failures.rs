@@ -99,9 +99,14 @@ async fn bodies_over_the_limit_get_413_before_or_while_streaming() {
 
 /// A Chat Completions answer with no tool call.
 fn completion() -> Reply {
+    answer_saying("ok")
+}
+
+/// A Chat Completions answer whose message says `content`.
+fn answer_saying(content: &str) -> Reply {
     Reply::json(
         serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
         .to_string(),
     )
@@ -186,17 +191,9 @@ async fn a_governed_answer_beyond_the_memory_budget_gets_503_and_its_share_comes
     let url = format!("{}/v1/chat/completions", proxy.url);
     let request =
         serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
-    let answer = |content: String| {
-        Reply::json(
-            serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-            .to_string(),
-        )
-    };
     // An answer bigger than the whole budget: the request was forwarded, but its
     // answer is not held; the client gets the retryable 503.
-    mock.push(answer("x".repeat(96 * 1024)));
+    mock.push(answer_saying(&"x".repeat(96 * 1024)));
     let refused = client().post(&url).json(&request).send().await.unwrap();
     assert_eq!(refused.headers()["retry-after"], "1");
     assert_eq!(tollgate_error(refused, 503).await, "server_overloaded");
@@ -204,7 +201,7 @@ async fn a_governed_answer_beyond_the_memory_budget_gets_503_and_its_share_comes
 
     // Its share came back: an answer of most of the budget is served whole.
     let content = "y".repeat(48 * 1024);
-    mock.push(answer(content.clone()));
+    mock.push(answer_saying(&content));
     let served = client().post(&url).json(&request).send().await.unwrap();
     assert_eq!(served.status(), 200);
     let body: serde_json::Value = served.json().await.unwrap();
