@@ -249,6 +249,9 @@ pub enum StreamEvent {
 #[derive(Debug, Default)]
 pub struct StreamAssembler {
     open: BTreeMap<u64, BTreeMap<u64, AssembledCall>>,
+    /// Bytes of ids, names and arguments taken in so far, completed calls
+    /// included.
+    taken: usize,
 }
 
 impl StreamAssembler {
@@ -292,6 +295,7 @@ impl StreamAssembler {
                     let call = open.entry(index).or_default();
                     if let Some(id) = f.get("id").and_then(Value::as_str) {
                         call.id.push_str(id);
+                        self.taken += id.len();
                     }
                     if let Some(kind) = f.get("type").and_then(Value::as_str) {
                         call.kind = kind.to_owned();
@@ -299,12 +303,14 @@ impl StreamAssembler {
                     let body = f.get("function").or_else(|| f.get("custom"));
                     if let Some(name) = body.and_then(|b| b.get("name")).and_then(Value::as_str) {
                         call.name.push_str(name);
+                        self.taken += name.len();
                     }
                     let piece = body
                         .and_then(|b| b.get("arguments").or_else(|| b.get("input")))
                         .and_then(Value::as_str);
                     if let Some(piece) = piece {
                         call.arguments.push_str(piece);
+                        self.taken += piece.len();
                     }
                 }
             }
@@ -314,9 +320,11 @@ impl StreamAssembler {
                 call.kind = LEGACY_KIND.to_owned();
                 if let Some(name) = f.get("name").and_then(Value::as_str) {
                     call.name.push_str(name);
+                    self.taken += name.len();
                 }
                 if let Some(piece) = f.get("arguments").and_then(Value::as_str) {
                     call.arguments.push_str(piece);
+                    self.taken += piece.len();
                 }
             }
             if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
@@ -340,6 +348,12 @@ impl StreamAssembler {
     /// Calls still open (for a stream that ended early: never release them).
     pub fn unfinished(&self) -> usize {
         self.open.values().map(BTreeMap::len).sum()
+    }
+
+    /// Bytes of ids, names and arguments taken in since this assembler was made,
+    /// the calls it has completed included.
+    pub fn taken(&self) -> usize {
+        self.taken
     }
 }
 
@@ -623,6 +637,7 @@ pub struct StreamRewriter {
     round_finish: Option<String>,
     round_relayed: usize,
     round_handled: Vec<(String, String)>,
+    round_handled_bytes: usize,
     usage: Option<Value>,
     legacy_relayed: bool,
 }
@@ -784,7 +799,15 @@ impl StreamRewriter {
 
     /// Records the output of a call tollgate handled.
     pub fn handle(&mut self, id: &str, output: &str) {
+        self.round_handled_bytes += output.len();
         self.round_handled.push((id.to_owned(), output.to_owned()));
+    }
+
+    /// What the round holds so far, in bytes: its text, its calls (complete or
+    /// still arriving) and the outputs of its handled calls. Charged against the
+    /// stream's share of the memory budget as it grows.
+    pub fn held_bytes(&self) -> usize {
+        self.round_content.len() + self.assembler.taken() + self.round_handled_bytes
     }
 
     /// Ends the round (after the upstream's `[DONE]` or end of stream). Calls still
@@ -809,6 +832,7 @@ impl StreamRewriter {
             assistant["function_call"] = json!({"name": c.name, "arguments": c.arguments});
         }
         self.assembler = StreamAssembler::new();
+        self.round_handled_bytes = 0;
         RoundEnd {
             finish_reason: self.round_finish.take(),
             assistant,

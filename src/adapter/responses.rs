@@ -479,6 +479,8 @@ pub struct StreamRewriter {
     by_item: HashMap<String, u64>,
     /// Events not sent yet, in arrival order.
     queue: VecDeque<Queued>,
+    /// Bytes of the events in `queue`, as received.
+    queued_bytes: usize,
     /// This round's hidden call ids.
     hidden: Vec<String>,
     /// The first round's response (from `response.created`).
@@ -538,6 +540,7 @@ impl StreamRewriter {
                 decide = complete_call(added, item);
             }
         }
+        self.queued_bytes += raw.len();
         self.queue.push_back(Queued { raw, data, index });
         let mut out = self.drain();
         if let Some(call) = decide {
@@ -574,6 +577,13 @@ impl StreamRewriter {
         self.slots.values().any(|s| matches!(s, Slot::Held(_)))
     }
 
+    /// Bytes of the events held back, as received: those queued behind a call
+    /// that is not decided yet. Charged against the stream's share of the memory
+    /// budget as it grows.
+    pub fn held_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     /// Whether the client's stream differs from the upstream's so far.
     pub fn changed(&self) -> bool {
         self.changed || self.round > 0
@@ -586,7 +596,9 @@ impl StreamRewriter {
             match slot {
                 Some(Slot::Held(_)) => break,
                 Some(Slot::Hidden) => {
-                    self.queue.pop_front();
+                    if let Some(dropped) = self.queue.pop_front() {
+                        self.queued_bytes -= dropped.raw.len();
+                    }
                     continue;
                 }
                 _ => {}
@@ -594,6 +606,7 @@ impl StreamRewriter {
             let Some(event) = self.queue.pop_front() else {
                 break;
             };
+            self.queued_bytes -= event.raw.len();
             let kind = event
                 .data
                 .get("type")
@@ -606,6 +619,7 @@ impl StreamRewriter {
                     raw: event.raw,
                 }));
                 self.queue.clear();
+                self.queued_bytes = 0;
                 break;
             }
             match kind {
@@ -686,6 +700,7 @@ impl StreamRewriter {
         self.slots.clear();
         self.by_item.clear();
         self.queue.clear();
+        self.queued_bytes = 0;
         self.round += 1;
     }
 

@@ -447,25 +447,51 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// One upstream event stream, cut into whole events.
-#[derive(Debug)]
+/// One upstream event stream, cut into whole events, with the share of the
+/// governed budget that what the stream's rewriting holds takes.
 pub struct UpstreamEvents {
+    shared: Arc<Shared>,
     body: Incoming,
     framer: Framer,
     queue: VecDeque<Bytes>,
     idle: Duration,
     done: bool,
+    held: Option<OwnedSemaphorePermit>,
 }
 
 impl UpstreamEvents {
-    fn new(body: Incoming, idle: Duration) -> Self {
+    fn new(shared: Arc<Shared>, body: Incoming) -> Self {
+        let idle = shared.config.timeouts.idle;
         Self {
+            shared,
             body,
             framer: Framer::new(),
             queue: VecDeque::new(),
             idle,
             done: false,
+            held: None,
         }
+    }
+
+    /// Grows the stream's share of the budget to cover `bytes` held for its
+    /// round: a stream holds no more than a plain answer may be, and no more
+    /// than the budget has left.
+    fn cover_held(&mut self, bytes: usize) -> Result<(), String> {
+        if bytes > MAX_UPSTREAM_JSON_BYTES {
+            return Err(format!(
+                "the upstream's stream is over {MAX_UPSTREAM_JSON_BYTES} bytes of text and tool calls in one round"
+            ));
+        }
+        if bytes == 0 {
+            return Ok(());
+        }
+        let held = match &mut self.held {
+            Some(held) => held,
+            None => self
+                .held
+                .insert(share(&self.shared).map_err(|e| e.to_string())?),
+        };
+        cover(&self.shared, held, bytes).map_err(|e| e.to_string())
     }
 
     async fn next(&mut self) -> Option<Result<Bytes, String>> {
@@ -518,6 +544,10 @@ impl EventSource for UpstreamEvents {
     ) -> impl std::future::Future<Output = Option<Result<Bytes, String>>> + Send {
         self.next()
     }
+
+    fn hold(&mut self, bytes: usize) -> Result<(), String> {
+        self.cover_held(bytes)
+    }
 }
 
 /// One round's answer to a streaming request.
@@ -531,7 +561,7 @@ enum Opened {
 /// Sends one streaming round upstream: an event stream, an error answer, or
 /// why the answer cannot be governed.
 async fn open_stream(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
@@ -547,8 +577,10 @@ async fn open_stream(
             detail: "a streaming request was not answered with a plain event stream".into(),
         });
     }
-    let idle = shared.config.timeouts.idle;
-    Ok(Opened::Stream(parts, UpstreamEvents::new(body, idle)))
+    Ok(Opened::Stream(
+        parts,
+        UpstreamEvents::new(Arc::clone(shared), body),
+    ))
 }
 
 async fn stream(

@@ -115,6 +115,15 @@ pub trait EventSource: Send {
     /// at a clean end; an error (with a message for the client) when the stream
     /// broke.
     fn next_event(&mut self) -> impl Future<Output = Option<Result<Bytes, String>>> + Send;
+
+    /// Told, between events, how many bytes the stream's rewriting holds for the
+    /// round so far (text, calls, events queued behind a call); an error (with a
+    /// message for the client) ends the stream, which then releases nothing it
+    /// held. The default holds without limit.
+    fn hold(&mut self, bytes: usize) -> Result<(), String> {
+        let _ = bytes;
+        Ok(())
+    }
 }
 
 /// How a governed stream ended.
@@ -549,7 +558,14 @@ impl Governance {
         let mut held: Vec<Bytes> = Vec::new();
         let mut relayed: Vec<String> = Vec::new();
         let mut clean_end = false;
-        while let Some(next) = events.next_event().await {
+        loop {
+            let holding = driver.rw.held_bytes() + held.iter().map(Bytes::len).sum::<usize>();
+            if let Err(message) = events.hold(holding) {
+                return Err(driver.fail(&message).await);
+            }
+            let Some(next) = events.next_event().await else {
+                break;
+            };
             let raw = match next {
                 Ok(raw) => raw,
                 Err(message) => return Err(driver.fail(&message).await),

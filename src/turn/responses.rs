@@ -501,7 +501,13 @@ impl Governance {
     ) -> Result<(Terminal, Vec<Value>, usize), StreamEnd> {
         let mut handled = Vec::new();
         let mut relayed = 0;
-        while let Some(next) = events.next_event().await {
+        loop {
+            if let Err(message) = events.hold(client.rw.held_bytes()) {
+                return Err(client.fail(&message).await);
+            }
+            let Some(next) = events.next_event().await else {
+                break;
+            };
             let raw = match next {
                 Ok(raw) => raw,
                 Err(message) => return Err(client.fail(&message).await),

@@ -556,3 +556,46 @@ async fn text_before_a_call_passes_at_once_and_is_kept_for_the_next_round() {
     assert_paired(&sent[1]);
     g.proxy.verify_receipts();
 }
+
+#[tokio::test]
+async fn a_call_beyond_the_memory_budget_ends_the_stream_and_its_share_comes_back() {
+    let g = start(
+        POLICY,
+        "max_body_bytes = 16384\nmax_governed_bytes = 65536",
+        None,
+    )
+    .await;
+    // 96 KiB of arguments in 8 KiB fragments: more than the whole budget holds.
+    let piece = "x".repeat(8 * 1024);
+    let mut fragments = vec!["{\"q\":\""];
+    fragments.extend(std::iter::repeat_n(piece.as_str(), 12));
+    fragments.push("\"}");
+    g.upstream
+        .push(Reply::sse(sse_calls(&[("call_big", "lookup", &fragments)])));
+    let got = stream_chat(&g.proxy.url, request()).await;
+    assert!(got.calls().is_empty(), "{}", &got.raw[..200]);
+    assert!(!got.raw.contains("call_big") && !got.raw.contains(&piece));
+    let errors = got.errors();
+    assert_eq!(errors.len(), 1);
+    let message = errors[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("at capacity"), "{message}");
+    assert_eq!(got.done, 0);
+    assert!(g.proxy.receipt_lines().is_empty(), "nothing was decided");
+
+    // Its share came back: a call of most of the budget is held, decided and
+    // relayed whole.
+    let arguments = format!("{{\"q\":\"{}\"}}", "y".repeat(40 * 1024));
+    g.upstream.push(Reply::sse(sse_calls(&[(
+        "call_fits",
+        "lookup",
+        &[&arguments[..20_000], &arguments[20_000..]],
+    )])));
+    let got = stream_chat(&g.proxy.url, request()).await;
+    assert_eq!(
+        got.calls(),
+        [(0, "call_fits".into(), "lookup".into(), arguments)]
+    );
+    assert_eq!(got.done, 1);
+    assert_eq!(g.proxy.receipt_lines().len(), 1);
+    g.proxy.verify_receipts();
+}

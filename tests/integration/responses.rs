@@ -1140,3 +1140,48 @@ async fn a_forced_call_is_not_forced_again_after_tollgate_answered_it() {
     assert_eq!(sent[0]["tool_choice"]["name"], "weather__current");
     assert_eq!(sent[1]["tool_choice"], "auto", "the model may answer now");
 }
+
+#[tokio::test]
+async fn events_held_behind_a_call_beyond_the_memory_budget_fail_the_stream() {
+    let g = start(
+        POLICY,
+        "max_body_bytes = 16384\nmax_governed_bytes = 65536",
+        None,
+    )
+    .await;
+    // 96 KiB of argument deltas queued behind a call that is not complete yet.
+    let piece = "x".repeat(8 * 1024);
+    let mut fragments = vec!["{\"q\":\""];
+    fragments.extend(std::iter::repeat_n(piece.as_str(), 12));
+    fragments.push("\"}");
+    let mut r1 = Sse::start("resp_1");
+    let m = r1.message(0, "msg_1", &["Looking."]);
+    let c = r1.call(1, 1, "lookup", &fragments);
+    g.upstream
+        .push(Reply::sse(r1.completed("resp_1", vec![m, c])));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.failed");
+    let message = done["response"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("at capacity"), "{message}");
+    assert!(!got.raw.contains("call_1") && !got.raw.contains(&piece));
+    // What came before the call was not held back.
+    assert_eq!(got.of("response.output_text.delta").len(), 1);
+    assert!(g.proxy.receipt_lines().is_empty(), "nothing was decided");
+
+    // Its share came back: a call whose held events take most of the budget
+    // (its deltas, then its arguments twice more in the done events) is relayed.
+    let arguments = format!("{{\"q\":\"{}\"}}", "y".repeat(16 * 1024));
+    let mut r2 = Sse::start("resp_2");
+    let c = r2.call(0, 2, "lookup", &[&arguments[..9_000], &arguments[9_000..]]);
+    g.upstream
+        .push(Reply::sse(r2.completed("resp_2", vec![c.clone()])));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.completed");
+    assert_eq!(done["response"]["output"], json!([c]));
+    assert_eq!(g.proxy.receipt_lines().len(), 1);
+    g.proxy.verify_receipts();
+}
