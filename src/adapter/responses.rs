@@ -14,8 +14,11 @@
 //! drops hidden calls, renumbers `sequence_number` and `output_index`, suppresses
 //! the later rounds' `response.created` and the intermediate terminals, and
 //! builds the one final `response.completed`. An event it does not have to change
-//! leaves with its upstream bytes.
+//! leaves with its upstream bytes, and is read only as far as its type, numbers and
+//! item id ([`EventData`]): the whole event is built only for output items,
+//! `response.created`, terminals and events it renumbers.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
@@ -460,8 +463,138 @@ enum Slot {
 #[derive(Debug)]
 struct Queued {
     raw: Bytes,
-    data: Value,
+    data: EventData,
     index: Option<u64>,
+}
+
+/// One upstream event's `data`: built whole, or read only as far as the fields
+/// the rewriter needs of every event, with its text kept for building it whole
+/// if it has to be renumbered.
+#[derive(Debug)]
+pub enum EventData {
+    /// The whole event.
+    Whole(Value),
+    /// Its text and what was read of it.
+    Shape {
+        /// The `data` text as received.
+        text: String,
+        /// What was read of it.
+        shape: Shape,
+    },
+}
+
+/// The fields of an event every event is read for.
+#[derive(Debug)]
+pub struct Shape {
+    kind: String,
+    sequence_number: Option<u64>,
+    /// Present (even as `null`) or not.
+    output_index: Option<Value>,
+    item_id: Option<String>,
+    has_response: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekEvent<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    sequence_number: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    output_index: Option<Value>,
+    #[serde(default, borrow)]
+    item_id: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present")]
+    item: Option<serde::de::IgnoredAny>,
+    #[serde(default, deserialize_with = "present")]
+    response: Option<serde::de::IgnoredAny>,
+}
+
+/// A field that is there, `null` included (serde reads `null` as absent).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+impl EventData {
+    /// Reads one event's `data` text: whole for output items (`item`),
+    /// `response.created` and terminal events, else only its shape when it is an
+    /// object of the expected form. `None` when it is not JSON.
+    pub fn read(text: String) -> Option<Self> {
+        let shape = serde_json::from_str::<PeekEvent<'_>>(&text)
+            .ok()
+            .and_then(|peek| {
+                let kind = peek.kind.as_deref().unwrap_or_default();
+                let whole = peek.item.is_some()
+                    || kind == "response.created"
+                    || TerminalKind::of(kind).is_some();
+                (!whole).then(|| Shape {
+                    kind: kind.to_owned(),
+                    sequence_number: peek.sequence_number,
+                    output_index: peek.output_index,
+                    item_id: peek.item_id.map(Cow::into_owned),
+                    has_response: peek.response.is_some(),
+                })
+            });
+        match shape {
+            Some(shape) => Some(Self::Shape { text, shape }),
+            None => serde_json::from_str(&text).ok().map(Self::Whole),
+        }
+    }
+
+    fn kind(&self) -> &str {
+        match self {
+            Self::Whole(data) => data.get("type").and_then(Value::as_str).unwrap_or_default(),
+            Self::Shape { shape, .. } => &shape.kind,
+        }
+    }
+
+    fn sequence_number(&self) -> Option<u64> {
+        match self {
+            Self::Whole(data) => data.get("sequence_number").and_then(Value::as_u64),
+            Self::Shape { shape, .. } => shape.sequence_number,
+        }
+    }
+
+    fn output_index(&self) -> Option<&Value> {
+        match self {
+            Self::Whole(data) => data.get("output_index"),
+            Self::Shape { shape, .. } => shape.output_index.as_ref(),
+        }
+    }
+
+    fn item_id(&self) -> Option<&str> {
+        match self {
+            Self::Whole(data) => data.get("item_id").and_then(Value::as_str),
+            Self::Shape { shape, .. } => shape.item_id.as_deref(),
+        }
+    }
+
+    fn has_response(&self) -> bool {
+        match self {
+            Self::Whole(data) => data.get("response").is_some(),
+            Self::Shape { shape, .. } => shape.has_response,
+        }
+    }
+
+    /// The event built whole; `None` only if its text, which was read once
+    /// already, is not JSON after all.
+    fn into_value(self) -> Option<Value> {
+        match self {
+            Self::Whole(data) => Some(data),
+            Self::Shape { text, .. } => serde_json::from_str(&text).ok(),
+        }
+    }
+
+    fn whole(&self) -> Option<&Value> {
+        match self {
+            Self::Whole(data) => Some(data),
+            Self::Shape { .. } => None,
+        }
+    }
 }
 
 /// Rewrites the rounds of one governed Responses stream into one client stream.
@@ -505,19 +638,15 @@ impl StreamRewriter {
         }
     }
 
-    /// Takes one upstream event (its bytes and its parsed data).
-    pub fn push(&mut self, raw: Bytes, data: Value) -> Vec<StreamOutput> {
-        let kind = data.get("type").and_then(Value::as_str).unwrap_or_default();
+    /// Takes one upstream event (its bytes and its data, see [`EventData::read`]).
+    pub fn push(&mut self, raw: Bytes, data: EventData) -> Vec<StreamOutput> {
+        let kind = data.kind();
         let index = data
-            .get("output_index")
+            .output_index()
             .and_then(Value::as_u64)
-            .or_else(|| {
-                data.get("item_id")
-                    .and_then(Value::as_str)
-                    .and_then(|id| self.by_item.get(id).copied())
-            });
+            .or_else(|| data.item_id().and_then(|id| self.by_item.get(id).copied()));
         let mut decide = None;
-        if let (Some(i), Some(item)) = (index, data.get("item")) {
+        if let (Some(i), Some(item)) = (index, data.whole().and_then(|d| d.get("item"))) {
             if kind == "response.output_item.added" {
                 if let Some(id) = item.get("id").and_then(Value::as_str) {
                     self.by_item.insert(id.to_owned(), i);
@@ -607,15 +736,11 @@ impl StreamRewriter {
                 break;
             };
             self.queued_bytes -= event.raw.len();
-            let kind = event
-                .data
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let kind = event.data.kind();
             if let Some(terminal) = TerminalKind::of(kind) {
                 out.push(StreamOutput::End(Terminal {
                     kind: terminal,
-                    data: event.data,
+                    data: event.data.into_value().unwrap_or_default(),
                     raw: event.raw,
                 }));
                 self.queue.clear();
@@ -628,7 +753,7 @@ impl StreamRewriter {
                         continue;
                     }
                     if kind == "response.created" && self.envelope.is_none() {
-                        self.envelope = event.data.get("response").cloned();
+                        self.envelope = event.data.whole().and_then(|d| d.get("response")).cloned();
                     }
                     out.push(StreamOutput::Emit(
                         self.renumber(event.raw, event.data, None),
@@ -656,17 +781,24 @@ impl StreamRewriter {
     }
 
     /// The event with the client's numbers: its own bytes when they already
-    /// carry them.
-    fn renumber(&mut self, raw: Bytes, mut data: Value, index: Option<u64>) -> Bytes {
+    /// carry them (and then it is never built whole).
+    fn renumber(&mut self, raw: Bytes, data: EventData, index: Option<u64>) -> Bytes {
         let seq = self.seq;
         self.seq += 1;
-        let same_seq = data.get("sequence_number").and_then(Value::as_u64) == Some(seq);
-        let has_index = data.get("output_index").is_some();
-        let same_index = !has_index
-            || index.is_none()
-            || data.get("output_index").and_then(Value::as_u64) == index;
-        let echoed =
-            !self.echo.is_empty() && data.get_mut("response").is_some_and(|r| self.echo.apply(r));
+        let same_seq = data.sequence_number() == Some(seq);
+        let has_index = data.output_index().is_some();
+        let same_index =
+            !has_index || index.is_none() || data.output_index().and_then(Value::as_u64) == index;
+        let echo = !self.echo.is_empty() && data.has_response();
+        if same_seq && same_index && !echo {
+            return raw;
+        }
+        // Read once already as JSON, so this cannot fail; if it did, the bytes as
+        // they came are all there is to send.
+        let Some(mut data) = data.into_value() else {
+            return raw;
+        };
+        let echoed = echo && data.get_mut("response").is_some_and(|r| self.echo.apply(r));
         if same_seq && same_index && !echoed {
             return raw;
         }
@@ -707,7 +839,7 @@ impl StreamRewriter {
     /// The terminal event as the upstream sent it, renumbered if need be (a
     /// stream nothing was changed in).
     pub fn pass_terminal(&mut self, terminal: Terminal) -> Bytes {
-        self.renumber(terminal.raw, terminal.data, None)
+        self.renumber(terminal.raw, EventData::Whole(terminal.data), None)
     }
 
     /// The output items the client was shown, over the ended rounds.
@@ -748,7 +880,7 @@ impl StreamRewriter {
         ) {
             response.insert("id".into(), Value::String(id));
         }
-        self.renumber(terminal.raw, data, None)
+        self.renumber(terminal.raw, EventData::Whole(data), None)
     }
 
     /// The `response.failed` event that ends a stream tollgate cannot finish:
@@ -949,8 +1081,9 @@ mod tests {
         }
     }
 
-    fn event(data: Value) -> (Bytes, Value) {
-        (event_bytes(&data), data)
+    fn event(data: Value) -> (Bytes, EventData) {
+        let read = EventData::read(data.to_string()).unwrap();
+        (event_bytes(&data), read)
     }
 
     fn emitted(out: &[StreamOutput]) -> Vec<Value> {
@@ -970,8 +1103,9 @@ mod tests {
     fn an_untouched_event_keeps_its_bytes_and_a_hidden_call_renumbers_the_rest() {
         let mut rw = StreamRewriter::new(Echo::default());
         let raw = Bytes::from_static(b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_a\"}}\n\n");
-        let data: Value = serde_json::from_str(
-            "{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_a\"}}",
+        let data = EventData::read(
+            "{\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_a\"}}"
+                .to_owned(),
         )
         .unwrap();
         let out = rw.push(raw.clone(), data);
@@ -1061,5 +1195,47 @@ mod tests {
             "response": {"id": "resp_9", "previous_response_id": "resp_upstream", "tools": []}}));
         let got = emitted(&rw.push(r, d));
         assert_eq!(got[0]["response"]["previous_response_id"], "resp_client");
+        // `response.in_progress` is read only by its shape, and rebuilt for the echo.
+        let (r, d) = event(json!({"type": "response.in_progress", "sequence_number": 1,
+            "response": {"id": "resp_9", "previous_response_id": "resp_upstream", "tools": []}}));
+        assert!(matches!(d, EventData::Shape { .. }));
+        let got = emitted(&rw.push(r, d));
+        assert_eq!(got[0]["response"]["previous_response_id"], "resp_client");
+        assert_eq!(got[0]["sequence_number"], 1);
+    }
+
+    #[test]
+    fn events_are_built_whole_only_where_the_rewriter_needs_them() {
+        let whole =
+            |data: &str| matches!(EventData::read(data.to_owned()), Some(EventData::Whole(_)));
+        for data in [
+            r#"{"type":"response.created","sequence_number":0,"response":{}}"#,
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"message"}}"#,
+            r#"{"type":"response.output_item.done","output_index":0,"item":null}"#,
+            r#"{"type":"response.completed","response":{}}"#,
+            r#"{"type":"error","message":"x"}"#,
+            // Not of the expected form: read whole, as before.
+            r#"{"type":"response.output_text.delta","sequence_number":"3"}"#,
+            "[1,2]",
+        ] {
+            assert!(whole(data), "{data}");
+        }
+        let shaped = EventData::read(
+            r#"{"type":"response.output_text.delta","sequence_number":3,"output_index":null,"item_id":"msg_1","delta":"hi"}"#
+                .to_owned(),
+        )
+        .unwrap();
+        assert!(matches!(shaped, EventData::Shape { .. }));
+        assert_eq!(shaped.kind(), "response.output_text.delta");
+        assert_eq!(shaped.sequence_number(), Some(3));
+        assert_eq!(
+            shaped.output_index(),
+            Some(&Value::Null),
+            "present, as null"
+        );
+        assert_eq!(shaped.item_id(), Some("msg_1"));
+        assert!(!shaped.has_response());
+        assert_eq!(shaped.into_value().unwrap()["delta"], "hi");
+        assert!(EventData::read("{not json".to_owned()).is_none());
     }
 }

@@ -29,7 +29,7 @@ use super::chat::{
 };
 use super::{SpliceStore, Surface};
 use crate::adapter::responses::{
-    self as adapter, CallItem, CallKind, Echo, StreamOutput, StreamRewriter, Terminal,
+    self as adapter, CallItem, CallKind, Echo, EventData, StreamOutput, StreamRewriter, Terminal,
     TerminalKind, answered_call, continue_request, input_items, item_key, merge_response,
     message_item, output, output_item, sum_usage,
 };
@@ -522,7 +522,7 @@ impl Governance {
             if event.data.is_empty() || event.data.trim() == "[DONE]" {
                 continue;
             }
-            let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
+            let Some(data) = EventData::read(event.data) else {
                 return Err(client
                     .fail("the upstream sent an event tollgate cannot read")
                     .await);
