@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 
 use crate::common::mock::Reply;
 use crate::common::{WAIT, client, shared_fixtures};
-use crate::governance::{POLICY, assert_paired, request, start, start_with_weather, tool_messages};
+use crate::governance::{
+    POLICY, TIGHT_BUDGET, assert_paired, oversized_arguments, request, start, start_with_weather,
+    tool_messages,
+};
 
 /// One `data:` event of a chunk with this delta and finish reason.
 fn chunk(delta: Value, finish: Value) -> Bytes {
@@ -559,17 +562,10 @@ async fn text_before_a_call_passes_at_once_and_is_kept_for_the_next_round() {
 
 #[tokio::test]
 async fn a_call_beyond_the_memory_budget_ends_the_stream_and_its_share_comes_back() {
-    let g = start(
-        POLICY,
-        "max_body_bytes = 16384\nmax_governed_bytes = 65536",
-        None,
-    )
-    .await;
+    let g = start(POLICY, TIGHT_BUDGET, None).await;
     // 96 KiB of arguments in 8 KiB fragments: more than the whole budget holds.
     let piece = "x".repeat(8 * 1024);
-    let mut fragments = vec!["{\"q\":\""];
-    fragments.extend(std::iter::repeat_n(piece.as_str(), 12));
-    fragments.push("\"}");
+    let fragments = oversized_arguments(&piece);
     g.upstream
         .push(Reply::sse(sse_calls(&[("call_big", "lookup", &fragments)])));
     let got = stream_chat(&g.proxy.url, request()).await;

@@ -39,6 +39,18 @@ pub fn weather_tool(tool: &MockUpstream, timeout_ms: u64) -> String {
     )
 }
 
+/// A governed budget of 64 KiB (with the body limit it must cover).
+pub const TIGHT_BUDGET: &str = "max_body_bytes = 16384\nmax_governed_bytes = 65536";
+
+/// Argument fragments of a call 96 KiB long, more than [`TIGHT_BUDGET`] holds:
+/// twelve copies of `piece` (8 KiB) inside a JSON object.
+pub fn oversized_arguments(piece: &str) -> Vec<&str> {
+    let mut fragments = vec!["{\"q\":\""];
+    fragments.extend(std::iter::repeat_n(piece, 12));
+    fragments.push("\"}");
+    fragments
+}
+
 /// Starts a proxy with `policy` and the weather tool, served by a tool server that
 /// answers `{"temp_c":18}` once.
 pub async fn start_with_weather(policy: &str) -> Gov {

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 
 use crate::common::mock::{MockUpstream, Reply};
 use crate::common::{WAIT, client, read_to_end, shared_fixtures};
-use crate::governance::{Gov, POLICY, start, start_with_weather};
+use crate::governance::{
+    Gov, POLICY, TIGHT_BUDGET, oversized_arguments, start, start_with_weather,
+};
 
 /// A function call item.
 fn call(n: u32, name: &str, arguments: &str) -> Value {
@@ -1143,17 +1145,10 @@ async fn a_forced_call_is_not_forced_again_after_tollgate_answered_it() {
 
 #[tokio::test]
 async fn events_held_behind_a_call_beyond_the_memory_budget_fail_the_stream() {
-    let g = start(
-        POLICY,
-        "max_body_bytes = 16384\nmax_governed_bytes = 65536",
-        None,
-    )
-    .await;
+    let g = start(POLICY, TIGHT_BUDGET, None).await;
     // 96 KiB of argument deltas queued behind a call that is not complete yet.
     let piece = "x".repeat(8 * 1024);
-    let mut fragments = vec!["{\"q\":\""];
-    fragments.extend(std::iter::repeat_n(piece.as_str(), 12));
-    fragments.push("\"}");
+    let fragments = oversized_arguments(&piece);
     let mut r1 = Sse::start("resp_1");
     let m = r1.message(0, "msg_1", &["Looking."]);
     let c = r1.call(1, 1, "lookup", &fragments);
