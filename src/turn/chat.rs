@@ -117,13 +117,24 @@ pub trait EventSource: Send {
     fn next_event(&mut self) -> impl Future<Output = Option<Result<Bytes, String>>> + Send;
 
     /// Told, between events, how many bytes the stream's rewriting holds for the
-    /// round so far (text, calls, events queued behind a call); an error (with a
-    /// message for the client) ends the stream, which then releases nothing it
-    /// held. The default holds without limit.
-    fn hold(&mut self, bytes: usize) -> Result<(), String> {
+    /// round so far (text, calls, events queued behind a call); a refusal ends the
+    /// stream with its error, and nothing held is released. The default holds
+    /// without limit.
+    fn hold(&mut self, bytes: usize) -> Result<(), Refusal> {
         let _ = bytes;
         Ok(())
     }
+}
+
+/// Why a stream may not hold more, in the terms of the error event that ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The error's `type` (`server_error` when tollgate is at capacity).
+    pub kind: &'static str,
+    /// The error's `code`.
+    pub code: &'static str,
+    /// The message for the client.
+    pub message: String,
 }
 
 /// How a governed stream ended.
@@ -560,8 +571,10 @@ impl Governance {
         let mut clean_end = false;
         loop {
             let holding = driver.rw.held_bytes() + held.iter().map(Bytes::len).sum::<usize>();
-            if let Err(message) = events.hold(holding) {
-                return Err(driver.fail(&message).await);
+            if let Err(refusal) = events.hold(holding) {
+                return Err(driver
+                    .fail_as(refusal.kind, refusal.code, &refusal.message)
+                    .await);
             }
             let Some(next) = events.next_event().await else {
                 break;
@@ -732,11 +745,16 @@ impl Driver<'_> {
     }
 
     async fn fail(&self, message: &str) -> StreamEnd {
+        self.fail_as("upstream_error", "upstream_stream_interrupted", message)
+            .await
+    }
+
+    async fn fail_as(&self, kind: &str, code: &str, message: &str) -> StreamEnd {
         let event = json!({"error": {
             "message": message,
-            "type": "upstream_error",
+            "type": kind,
             "param": null,
-            "code": "upstream_stream_interrupted",
+            "code": code,
         }});
         if self.send(Bytes::from(format!("data: {event}\n\n"))).await {
             StreamEnd::Failed(message.to_owned())

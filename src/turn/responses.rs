@@ -502,8 +502,9 @@ impl Governance {
         let mut handled = Vec::new();
         let mut relayed = 0;
         loop {
-            if let Err(message) = events.hold(client.rw.held_bytes()) {
-                return Err(client.fail(&message).await);
+            if let Err(refusal) = events.hold(client.rw.held_bytes()) {
+                let bytes = client.rw.failed(refusal.code, &refusal.message);
+                return Err(client.end(bytes, StreamEnd::Failed(refusal.message)).await);
             }
             let Some(next) = events.next_event().await else {
                 break;

@@ -573,7 +573,10 @@ async fn a_call_beyond_the_memory_budget_ends_the_stream_and_its_share_comes_bac
     assert!(!got.raw.contains("call_big") && !got.raw.contains(&piece));
     let errors = got.errors();
     assert_eq!(errors.len(), 1);
-    let message = errors[0]["error"]["message"].as_str().unwrap();
+    let error = &errors[0]["error"];
+    assert_eq!(error["code"], "server_overloaded");
+    assert_eq!(error["type"], "server_error");
+    let message = error["message"].as_str().unwrap();
     assert!(message.contains("at capacity"), "{message}");
     assert_eq!(got.done, 0);
     assert!(g.proxy.receipt_lines().is_empty(), "nothing was decided");

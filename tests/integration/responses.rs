@@ -1158,6 +1158,7 @@ async fn events_held_behind_a_call_beyond_the_memory_budget_fail_the_stream() {
     got.assert_valid();
     let done = got.terminal();
     assert_eq!(done["type"], "response.failed");
+    assert_eq!(done["response"]["error"]["code"], "server_overloaded");
     let message = done["response"]["error"]["message"].as_str().unwrap();
     assert!(message.contains("at capacity"), "{message}");
     assert!(!got.raw.contains("call_1") && !got.raw.contains(&piece));
