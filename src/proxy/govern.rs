@@ -117,6 +117,23 @@ fn cover(shared: &Shared, held: &mut OwnedSemaphorePermit, bytes: usize) -> Resu
     Ok(())
 }
 
+/// Roughly what a parsed JSON value holds on the heap: its strings, a slot for
+/// every array item, and for every object entry its key, slot and index. The
+/// parser's depth limit (128) bounds the recursion.
+fn tree_bytes(value: &Value) -> usize {
+    const SLOT: usize = std::mem::size_of::<Value>();
+    const ENTRY: usize = SLOT + std::mem::size_of::<String>() + 2 * std::mem::size_of::<usize>();
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(|v| SLOT + tree_bytes(v)).sum(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| ENTRY + k.len() + tree_bytes(v))
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
 fn overloaded(shared: &Shared) -> ProxyError {
     ProxyError::Overloaded {
         limit: shared.config.limits.max_governed_bytes,
@@ -255,7 +272,7 @@ pub async fn govern(
             code: "unsupported_content_encoding",
         });
     }
-    let (original, budget) = read_body(shared, body).await?;
+    let (original, mut budget) = read_body(shared, body).await?;
     let mut request: Value = match serde_json::from_slice(&original) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
@@ -265,6 +282,9 @@ pub async fn govern(
             });
         }
     };
+    // The parsed form takes its share too: a body of many tiny values is many
+    // times its size once parsed.
+    cover(shared, &mut budget, original.len() + tree_bytes(&request))?;
     let governance = shared.gateway.governance();
     let (changed, echo) = match surface {
         Surface::Chat => governance

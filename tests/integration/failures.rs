@@ -115,10 +115,11 @@ fn answer_saying(content: &str) -> Reply {
 #[tokio::test]
 async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes_back() {
     let mock = MockUpstream::start().await;
-    // Room for one 48 KiB governed request at a time, not two.
+    // Room for one 48 KiB governed request at a time (its body and its parsed
+    // form, about 97 KiB), not two.
     let proxy = TestProxy::start(
         &mock.url(),
-        "max_body_bytes = 65536\nmax_governed_bytes = 81920",
+        "max_body_bytes = 65536\nmax_governed_bytes = 163840",
     )
     .await;
     let url = format!("{}/v1/chat/completions", proxy.url);
@@ -177,6 +178,34 @@ async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes
     };
     assert_eq!(third.status(), 200, "still refused after {refused} retries");
     assert_eq!(mock.received().len(), 3);
+    still_serving(&proxy, &mock).await;
+}
+
+#[tokio::test]
+async fn a_body_that_parses_into_more_than_the_budget_gets_503_before_it_is_forwarded() {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(
+        &mock.url(),
+        "max_body_bytes = 16384\nmax_governed_bytes = 65536",
+    )
+    .await;
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    // 12 KiB of body, within every byte limit, but 6,000 values once parsed: far
+    // more than the 64 KiB budget.
+    let request = serde_json::json!({"model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi"}], "logit_bias_list": vec![0; 6000]});
+    let body = serde_json::to_vec(&request).unwrap();
+    assert!(body.len() < 16384);
+    let refused = client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(tollgate_error(refused, 503).await, "server_overloaded");
+    assert!(mock.received().is_empty(), "nothing was forwarded");
     still_serving(&proxy, &mock).await;
 }
 
