@@ -112,17 +112,27 @@ fn answer_saying(content: &str) -> Reply {
     )
 }
 
+/// A mock upstream, a proxy in front of it with these limits, and the proxy's Chat
+/// Completions URL.
+async fn with_limits(limits: &str) -> (MockUpstream, TestProxy, String) {
+    let mock = MockUpstream::start().await;
+    let proxy = TestProxy::start(&mock.url(), limits).await;
+    let url = format!("{}/v1/chat/completions", proxy.url);
+    (mock, proxy, url)
+}
+
+/// The retryable 503 of a spent memory budget.
+async fn assert_overloaded(response: reqwest::Response) {
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(tollgate_error(response, 503).await, "server_overloaded");
+}
+
 #[tokio::test]
 async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes_back() {
-    let mock = MockUpstream::start().await;
     // Room for one 48 KiB governed request at a time (its body and its parsed
     // form, about 97 KiB), not two.
-    let proxy = TestProxy::start(
-        &mock.url(),
-        "max_body_bytes = 65536\nmax_governed_bytes = 163840",
-    )
-    .await;
-    let url = format!("{}/v1/chat/completions", proxy.url);
+    let (mock, proxy, url) =
+        with_limits("max_body_bytes = 65536\nmax_governed_bytes = 163840").await;
     let big = |stream: bool| {
         serde_json::json!({"model": "gpt-4o", "stream": stream,
             "messages": [{"role": "user", "content": "x".repeat(48 * 1024)}]})
@@ -139,9 +149,8 @@ async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes
     // A second of the same size does not fit: refused at once, never forwarded,
     // with a 503 the SDKs retry after the advertised pause.
     let second = client().post(&url).json(&big(false)).send().await.unwrap();
-    assert_eq!(second.headers()["retry-after"], "1");
     assert_eq!(second.headers()["x-should-retry"], "true");
-    assert_eq!(tollgate_error(second, 503).await, "server_overloaded");
+    assert_overloaded(second).await;
     assert_eq!(mock.received().len(), 1);
 
     // A small one still fits beside the first.
@@ -183,13 +192,8 @@ async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes
 
 #[tokio::test]
 async fn a_body_that_parses_into_more_than_the_budget_gets_503_before_it_is_forwarded() {
-    let mock = MockUpstream::start().await;
-    let proxy = TestProxy::start(
-        &mock.url(),
-        "max_body_bytes = 16384\nmax_governed_bytes = 65536",
-    )
-    .await;
-    let url = format!("{}/v1/chat/completions", proxy.url);
+    let (mock, proxy, url) =
+        with_limits("max_body_bytes = 16384\nmax_governed_bytes = 65536").await;
     // 12 KiB of body, within every byte limit, but 6,000 values once parsed: far
     // more than the 64 KiB budget.
     let request = serde_json::json!({"model": "gpt-4o",
@@ -203,29 +207,22 @@ async fn a_body_that_parses_into_more_than_the_budget_gets_503_before_it_is_forw
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.headers()["retry-after"], "1");
-    assert_eq!(tollgate_error(refused, 503).await, "server_overloaded");
+    assert_overloaded(refused).await;
     assert!(mock.received().is_empty(), "nothing was forwarded");
     still_serving(&proxy, &mock).await;
 }
 
 #[tokio::test]
 async fn a_governed_answer_beyond_the_memory_budget_gets_503_and_its_share_comes_back() {
-    let mock = MockUpstream::start().await;
-    let proxy = TestProxy::start(
-        &mock.url(),
-        "max_body_bytes = 16384\nmax_governed_bytes = 65536",
-    )
-    .await;
-    let url = format!("{}/v1/chat/completions", proxy.url);
+    let (mock, proxy, url) =
+        with_limits("max_body_bytes = 16384\nmax_governed_bytes = 65536").await;
     let request =
         serde_json::json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
     // An answer bigger than the whole budget: the request was forwarded, but its
     // answer is not held; the client gets the retryable 503.
     mock.push(answer_saying(&"x".repeat(96 * 1024)));
     let refused = client().post(&url).json(&request).send().await.unwrap();
-    assert_eq!(refused.headers()["retry-after"], "1");
-    assert_eq!(tollgate_error(refused, 503).await, "server_overloaded");
+    assert_overloaded(refused).await;
     assert_eq!(mock.received().len(), 1);
 
     // Its share came back: an answer of most of the budget is served whole.
