@@ -317,8 +317,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
 
-    /// Most bytes of request bodies, upstream answers and held stream events that
-    /// governed requests in progress may hold together; beyond it a governed request is refused with a
+    /// Most bytes of request bodies (with their parsed form), upstream answers and
+    /// held stream events that governed requests in progress may hold together; beyond it a governed request is refused with a
     /// 503 to retry [default: 256 MiB].
     #[arg(long, env = "TOLLGATE_MAX_GOVERNED_BYTES")]
     pub max_governed_bytes: Option<u64>,

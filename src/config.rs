@@ -259,8 +259,8 @@ pub struct TlsFiles {
 pub struct Limits {
     /// Largest request body in bytes.
     pub max_body_bytes: u64,
-    /// Most bytes of request bodies, upstream answers and held stream events that
-    /// governed requests in progress may hold together; a governed request that would pass it is refused
+    /// Most bytes of request bodies (with their parsed form), upstream answers and
+    /// held stream events that governed requests in progress may hold together; a governed request that would pass it is refused
     /// with a 503.
     pub max_governed_bytes: u64,
     /// Largest total size of request headers (names, values and separators).

@@ -33,7 +33,7 @@ use crate::adapter::responses::Echo;
 use crate::error::ProxyError;
 use crate::gateway::Identity;
 use crate::turn::Surface;
-use crate::turn::chat::{EventSource, GovernError, Refusal, StreamEnd};
+use crate::turn::chat::{EventSource, GovernError, StreamEnd};
 use crate::turn::responses::Prepared;
 
 /// The most bytes of one upstream JSON answer tollgate reads.
@@ -493,27 +493,6 @@ impl UpstreamEvents {
         }
     }
 
-    /// Grows the stream's share of the budget to cover `bytes` held for its
-    /// round: a stream holds no more than a plain answer may be, and no more
-    /// than the budget has left.
-    fn cover_held(&mut self, bytes: usize) -> Result<(), ProxyError> {
-        if bytes > MAX_UPSTREAM_JSON_BYTES {
-            return Err(ProxyError::UpstreamInvalid {
-                detail: format!(
-                    "the stream is over {MAX_UPSTREAM_JSON_BYTES} bytes of text and tool calls in one round"
-                ),
-            });
-        }
-        if bytes == 0 {
-            return Ok(());
-        }
-        let held = match &mut self.held {
-            Some(held) => held,
-            None => self.held.insert(share(&self.shared)?),
-        };
-        cover(&self.shared, held, bytes)
-    }
-
     async fn next(&mut self) -> Option<Result<Bytes, String>> {
         loop {
             if let Some(event) = self.queue.pop_front() {
@@ -565,12 +544,25 @@ impl EventSource for UpstreamEvents {
         self.next()
     }
 
-    fn hold(&mut self, bytes: usize) -> Result<(), Refusal> {
-        self.cover_held(bytes).map_err(|e| Refusal {
-            kind: e.error_type(),
-            code: e.code(),
-            message: e.to_string(),
-        })
+    /// Grows the stream's share of the budget to cover `bytes` held for its
+    /// round: a stream holds no more than a plain answer may be, and no more
+    /// than the budget has left.
+    fn hold(&mut self, bytes: usize) -> Result<(), ProxyError> {
+        if bytes > MAX_UPSTREAM_JSON_BYTES {
+            return Err(ProxyError::UpstreamInvalid {
+                detail: format!(
+                    "the stream is over {MAX_UPSTREAM_JSON_BYTES} bytes of text and tool calls in one round"
+                ),
+            });
+        }
+        if bytes == 0 {
+            return Ok(());
+        }
+        let held = match &mut self.held {
+            Some(held) => held,
+            None => self.held.insert(share(&self.shared)?),
+        };
+        cover(&self.shared, held, bytes)
     }
 }
 

@@ -49,9 +49,10 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Policy, receipts, identity and governed tools.
     pub gateway: Gateway,
-    /// The budget for request bodies and upstream answers held by governed
-    /// requests in progress, in KiB (`max_governed_bytes`): each holds permits for
-    /// its body until it ends, and for an answer as long as it holds the answer.
+    /// The budget for what governed requests in progress hold, in KiB
+    /// (`max_governed_bytes`): each holds permits for its body and parsed form until
+    /// it ends, for an answer as long as it holds the answer, and for what its
+    /// stream's rewriting holds of a round.
     pub governed_budget: Arc<tokio::sync::Semaphore>,
 }
 

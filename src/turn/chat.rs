@@ -117,24 +117,13 @@ pub trait EventSource: Send {
     fn next_event(&mut self) -> impl Future<Output = Option<Result<Bytes, String>>> + Send;
 
     /// Told, between events, how many bytes the stream's rewriting holds for the
-    /// round so far (text, calls, events queued behind a call); a refusal ends the
-    /// stream with its error, and nothing held is released. The default holds
-    /// without limit.
-    fn hold(&mut self, bytes: usize) -> Result<(), Refusal> {
+    /// round so far (text, calls, events queued behind a call); an error ends the
+    /// stream with an error event of its type, code and message, and nothing held
+    /// is released. The default holds without limit.
+    fn hold(&mut self, bytes: usize) -> Result<(), ProxyError> {
         let _ = bytes;
         Ok(())
     }
-}
-
-/// Why a stream may not hold more, in the terms of the error event that ends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// The error's `type` (`server_error` when tollgate is at capacity).
-    pub kind: &'static str,
-    /// The error's `code`.
-    pub code: &'static str,
-    /// The message for the client.
-    pub message: String,
 }
 
 /// How a governed stream ended.
@@ -571,9 +560,9 @@ impl Governance {
         let mut clean_end = false;
         loop {
             let holding = driver.rw.held_bytes() + held.iter().map(Bytes::len).sum::<usize>();
-            if let Err(refusal) = events.hold(holding) {
+            if let Err(error) = events.hold(holding) {
                 return Err(driver
-                    .fail_as(refusal.kind, refusal.code, &refusal.message)
+                    .fail_as(error.error_type(), error.code(), &error.to_string())
                     .await);
             }
             let Some(next) = events.next_event().await else {

@@ -502,9 +502,8 @@ impl Governance {
         let mut handled = Vec::new();
         let mut relayed = 0;
         loop {
-            if let Err(refusal) = events.hold(client.rw.held_bytes()) {
-                let bytes = client.rw.failed(refusal.code, &refusal.message);
-                return Err(client.end(bytes, StreamEnd::Failed(refusal.message)).await);
+            if let Err(error) = events.hold(client.rw.held_bytes()) {
+                return Err(client.fail_as(error.code(), &error.to_string()).await);
             }
             let Some(next) = events.next_event().await else {
                 break;
@@ -592,7 +591,12 @@ impl Client<'_> {
 
     /// Ends the stream with `response.failed`.
     async fn fail(&mut self, message: &str) -> StreamEnd {
-        let bytes = self.rw.failed("upstream_stream_interrupted", message);
+        self.fail_as("upstream_stream_interrupted", message).await
+    }
+
+    /// Ends the stream with `response.failed` of this error code.
+    async fn fail_as(&mut self, code: &str, message: &str) -> StreamEnd {
+        let bytes = self.rw.failed(code, message);
         self.end(bytes, StreamEnd::Failed(message.to_owned())).await
     }
 }
