@@ -3,7 +3,8 @@
 //! [`crate::turn::responses`].
 //!
 //! The request body is read whole (within the body limit and idle timeout),
-//! spliced and given the governed tools, then sent upstream; each round's
+//! read as JSON only as far as governing needs ([`ClientRequest`]), spliced and
+//! given the governed tools when there are any, then sent upstream; each round's
 //! answer is read whole (plain) or event by event (streaming) and handed to the
 //! loop. An upstream error status in the first round reaches the client
 //! unchanged, as it would without tollgate; a response without tool calls keeps
@@ -34,6 +35,7 @@ use crate::error::ProxyError;
 use crate::gateway::Identity;
 use crate::turn::Surface;
 use crate::turn::chat::{EventSource, GovernError, StreamEnd};
+use crate::turn::request::ClientRequest;
 use crate::turn::responses::Prepared;
 
 /// The most bytes of one upstream JSON answer tollgate reads.
@@ -115,23 +117,6 @@ fn cover(shared: &Shared, held: &mut OwnedSemaphorePermit, bytes: usize) -> Resu
         held.merge(permit);
     }
     Ok(())
-}
-
-/// Roughly what a parsed JSON value holds on the heap: its strings, a slot for
-/// every array item, and for every object entry its key, slot and index. The
-/// parser's depth limit (128) bounds the recursion.
-fn tree_bytes(value: &Value) -> usize {
-    const SLOT: usize = std::mem::size_of::<Value>();
-    const ENTRY: usize = SLOT + std::mem::size_of::<String>() + 2 * std::mem::size_of::<usize>();
-    match value {
-        Value::String(s) => s.len(),
-        Value::Array(items) => items.iter().map(|v| SLOT + tree_bytes(v)).sum(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| ENTRY + k.len() + tree_bytes(v))
-            .sum(),
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-    }
 }
 
 fn overloaded(shared: &Shared) -> ProxyError {
@@ -273,38 +258,33 @@ pub async fn govern(
         });
     }
     let (original, mut budget) = read_body(shared, body).await?;
-    let mut request: Value = match serde_json::from_slice(&original) {
-        Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return Err(ProxyError::BadRequest {
-                message: "the request body must be a JSON object".into(),
-                code: "invalid_json",
-            });
-        }
+    let original_len = original.len();
+    let Some(mut request) = ClientRequest::read(original) else {
+        return Err(ProxyError::BadRequest {
+            message: "the request body must be a JSON object".into(),
+            code: "invalid_json",
+        });
     };
-    // The parsed form takes its share too: a body of many tiny values is many
-    // times its size once parsed.
-    cover(shared, &mut budget, original.len() + tree_bytes(&request))?;
+    // The parsed form takes its share too, whether or not it is ever built: a
+    // body of many tiny values is many times its size once parsed.
+    cover(
+        shared,
+        &mut budget,
+        original_len + request.head().tree_bytes,
+    )?;
     let governance = shared.gateway.governance();
-    let (changed, echo) = match surface {
+    let (injected, echo) = match surface {
         Surface::Chat => governance
             .prepare(&identity.caller, &mut request)
-            .map(|changed| (changed, Echo::default())),
-        Surface::Responses => governance.prepare_responses(&identity.caller, &mut request),
+            .map(|injected| (injected, Echo::default())),
+        Surface::Responses => governance
+            .prepare_responses(&identity.caller, &mut request)
+            .map(|echo| (!echo.injected.is_empty(), echo)),
     }
     .map_err(governance_error)?;
-    let has_tools = request
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty())
-        || request.get("functions").is_some();
-    if surface == Surface::Chat
-        && has_tools
-        && request
-            .get("n")
-            .and_then(Value::as_u64)
-            .is_some_and(|n| n > 1)
-    {
+    let head = request.head();
+    let has_tools = head.has_tools || injected || head.functions;
+    if surface == Surface::Chat && has_tools && head.n.is_some_and(|n| n > 1) {
         return Err(ProxyError::BadRequest {
             message: "tollgate governs tool calls for one choice per request; `n` above 1 is not supported with tools".into(),
             code: "unsupported_parameter",
@@ -312,40 +292,21 @@ pub async fn govern(
     }
     // A background response is answered later, to whoever fetches it: its calls
     // could not be decided before the client sees them.
-    let calls_possible = request
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|tools| {
-            tools.iter().any(|t| {
-                matches!(
-                    t.get("type").and_then(Value::as_str),
-                    Some("function" | "custom" | "namespace")
-                )
-            })
-        });
-    if surface == Surface::Responses
-        && calls_possible
-        && request.get("background").and_then(Value::as_bool) == Some(true)
-    {
+    let calls_possible = head.callable_tools || injected;
+    if surface == Surface::Responses && calls_possible && head.background {
         return Err(ProxyError::BadRequest {
             message: "tollgate decides each tool call before the client sees it; `background` responses with function tools are not supported".into(),
             code: "unsupported_parameter",
         });
     }
-    let first_body = if changed {
-        Bytes::from(request.to_string())
-    } else {
-        original
-    };
     let turn = Governed {
         surface,
         echo,
         uri: upstream::target(&shared.config.upstream, &parts.uri)?,
         headers: round_headers(parts.headers, &identity),
         identity,
-        streaming: request.get("stream").and_then(Value::as_bool) == Some(true),
+        streaming: head.stream,
         request,
-        first_body,
         budget,
     };
     if turn.streaming {
@@ -361,10 +322,9 @@ struct Governed {
     /// What a Responses answer must echo of the client's own request.
     echo: Echo,
     identity: Identity,
-    request: Value,
+    request: ClientRequest,
     uri: Uri,
     headers: HeaderMap,
-    first_body: Bytes,
     streaming: bool,
     /// This request's share of the governed budget, given back when it ends.
     budget: OwnedSemaphorePermit,
@@ -382,7 +342,6 @@ async fn plain(
         request,
         uri,
         headers,
-        first_body,
         // Held until the answer is built.
         budget: _budget,
         ..
@@ -391,35 +350,28 @@ async fn plain(
     // share goes back when a new answer replaces it).
     let last: Mutex<Option<(http::response::Parts, Bytes, OwnedSemaphorePermit)>> =
         Mutex::new(None);
-    let first = Mutex::new(Some(first_body));
-    let (last_ref, first_ref, uri_ref, headers_ref) = (&last, &first, &uri, &headers);
-    let upstream = move |round_request: &Value| {
-        // Round 0 sends the client's own bytes when nothing was added to them.
-        let body = lock(first_ref)
-            .take()
-            .unwrap_or_else(|| Bytes::from(round_request.to_string()));
-        async move {
-            let response = send_round(shared, uri_ref, headers_ref, body).await?;
-            let (parts, body) = response.into_parts();
-            let (bytes, held) = read_answer(shared, body).await?;
-            let status = parts.status;
-            let encoded = is_encoded(&parts.headers);
-            *lock(last_ref) = Some((parts, bytes.clone(), held));
-            if !status.is_success() {
-                let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                return Err(GovernError::Upstream(status.as_u16(), value));
-            }
-            if encoded {
-                return Err(GovernError::Relay(ProxyError::UpstreamInvalid {
-                    detail: "the answer is compressed".into(),
-                }));
-            }
-            serde_json::from_slice::<Value>(&bytes).map_err(|_| {
-                GovernError::Relay(ProxyError::UpstreamInvalid {
-                    detail: "the answer is not JSON".into(),
-                })
-            })
+    let (last_ref, uri_ref, headers_ref) = (&last, &uri, &headers);
+    let upstream = move |body: Bytes| async move {
+        let response = send_round(shared, uri_ref, headers_ref, body).await?;
+        let (parts, body) = response.into_parts();
+        let (bytes, held) = read_answer(shared, body).await?;
+        let status = parts.status;
+        let encoded = is_encoded(&parts.headers);
+        *lock(last_ref) = Some((parts, bytes.clone(), held));
+        if !status.is_success() {
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(GovernError::Upstream(status.as_u16(), value));
         }
+        if encoded {
+            return Err(GovernError::Relay(ProxyError::UpstreamInvalid {
+                detail: "the answer is compressed".into(),
+            }));
+        }
+        serde_json::from_slice::<Value>(&bytes).map_err(|_| {
+            GovernError::Relay(ProxyError::UpstreamInvalid {
+                detail: "the answer is not JSON".into(),
+            })
+        })
     };
     let governance = shared.gateway.governance();
     let result = match surface {
@@ -611,13 +563,12 @@ async fn stream(
         request,
         uri,
         headers,
-        first_body,
         budget,
         ..
     } = turn;
     // The first round decides the response's status and headers. An error
     // status goes back as the upstream sent it.
-    let (mut parts, first) = match open_stream(shared, &uri, &headers, first_body).await? {
+    let (mut parts, first) = match open_stream(shared, &uri, &headers, request.body()).await? {
         Opened::Stream(parts, events) => (parts, events),
         Opened::Refused(parts, bytes) => return Ok(respond(parts, bytes)),
     };
@@ -633,11 +584,10 @@ async fn stream(
         // Held until the stream's last round ends.
         let _budget = budget;
         let next_shared = task_shared.clone();
-        let upstream = move |round_request: &Value| {
+        let upstream = move |body: Bytes| {
             let shared = next_shared.clone();
             let uri = uri.clone();
             let headers = headers.clone();
-            let body = Bytes::from(round_request.to_string());
             async move {
                 match open_stream(&shared, &uri, &headers, body).await? {
                     Opened::Stream(_, events) => Ok(events),

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use super::request::ClientRequest;
 use super::responses::ResponsesTurn;
 use super::{SpliceError, SpliceStore, Surface, Turn, refusal_output, splice_chat};
 use crate::adapter::chat::{
@@ -247,22 +248,33 @@ impl Governance {
     }
 
     /// Readies a client's request: remembered turns spliced back into
-    /// `messages`, governed tools added to `tools`. Returns whether anything
-    /// changed (if not, the client's bytes can go upstream as they are).
-    pub fn prepare(&self, caller: &Caller, request: &mut Value) -> Result<bool, GovernError> {
-        let mut changed = false;
-        if let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) {
-            changed |= splice_chat(messages, &self.splice, Instant::now(), &caller.agent_id)? > 0;
-        }
+    /// `messages`, governed tools added to `tools`. Returns whether governed
+    /// tools were added. The request's tree is built only when the splice store
+    /// holds a turn or there are tools to add; otherwise its bytes go upstream
+    /// as they came.
+    pub fn prepare(
+        &self,
+        caller: &Caller,
+        request: &mut ClientRequest,
+    ) -> Result<bool, GovernError> {
         // A request on the legacy `functions` API cannot also carry `tools`.
-        let visible = if request.get("functions").is_some() {
+        let visible = if request.head().functions {
             Vec::new()
         } else {
             self.visible_tools(caller)
         };
-        inject_tools(request, &visible)?;
+        if visible.is_empty() && self.splice.is_empty() {
+            return Ok(false);
+        }
+        let tree = request.parsed()?;
+        let mut changed = false;
+        if let Some(messages) = tree.get_mut("messages").and_then(Value::as_array_mut) {
+            changed |= splice_chat(messages, &self.splice, Instant::now(), &caller.agent_id)? > 0;
+        }
+        inject_tools(tree, &visible)?;
         changed |= !visible.is_empty();
-        Ok(changed)
+        request.set_changed(changed);
+        Ok(!visible.is_empty())
     }
 
     /// Decides one call, makes its receipt durable, then acts: a governed tool
@@ -370,18 +382,18 @@ impl Governance {
         &self,
         caller: &Caller,
         request_id: &str,
-        mut request: Value,
+        mut request: ClientRequest,
         mut upstream: F,
     ) -> Result<Finished, GovernError>
     where
-        F: FnMut(&Value) -> Fut,
+        F: FnMut(Bytes) -> Fut,
         Fut: Future<Output = Result<Value, GovernError>>,
     {
         let now = Instant::now();
         let mut usage: Option<Value> = None;
         let mut last = Value::Null;
         for round in 0..self.settings.max_rounds {
-            let response = upstream(&request).await?;
+            let response = upstream(request.body()).await?;
             if let Some(u) = response.get("usage").filter(|u| u.is_object()) {
                 match &mut usage {
                     Some(total) => add_usage(total, u),
@@ -447,13 +459,14 @@ impl Governance {
                 });
             }
             // Only handled calls: answer them and go round again.
+            let tree = request.edit()?;
             if let (Some(assistant), Some(messages)) = (
                 adapter::assistant_message(&response, 0),
-                request.get_mut("messages").and_then(Value::as_array_mut),
+                tree.get_mut("messages").and_then(Value::as_array_mut),
             ) {
                 answer_turn(messages, assistant, &handled);
             }
-            adapter::relax_tool_choice(&mut request);
+            adapter::relax_tool_choice(tree);
             last = response;
         }
         // Out of rounds: say so, and record it.
@@ -479,20 +492,17 @@ impl Governance {
         &self,
         caller: &Caller,
         request_id: &str,
-        mut request: Value,
+        mut request: ClientRequest,
         first: E,
         mut upstream: F,
         out: &mpsc::Sender<Bytes>,
     ) -> StreamEnd
     where
-        F: FnMut(&Value) -> Fut,
+        F: FnMut(Bytes) -> Fut,
         Fut: Future<Output = Result<E, GovernError>>,
         E: EventSource,
     {
-        let include_usage = request
-            .pointer("/stream_options/include_usage")
-            .and_then(Value::as_bool)
-            == Some(true);
+        let include_usage = request.head().include_usage;
         let mut driver = Driver {
             rw: StreamRewriter::new(),
             out,
@@ -515,11 +525,15 @@ impl Governance {
             if round + 1 == self.settings.max_rounds {
                 break;
             }
-            if let Some(messages) = request.get_mut("messages").and_then(Value::as_array_mut) {
+            let tree = match request.edit() {
+                Ok(tree) => tree,
+                Err(error) => return driver.fail(&from_error(&error.into())).await,
+            };
+            if let Some(messages) = tree.get_mut("messages").and_then(Value::as_array_mut) {
                 answer_turn(messages, end.assistant.clone(), &end.handled);
             }
-            adapter::relax_tool_choice(&mut request);
-            events = match upstream(&request).await {
+            adapter::relax_tool_choice(tree);
+            events = match upstream(request.body()).await {
                 Ok(next) => next,
                 Err(error) => return driver.fail(&from_error(&error)).await,
             };

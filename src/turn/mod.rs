@@ -316,6 +316,7 @@ mod tests {
 }
 
 pub mod chat;
+pub mod request;
 pub mod responses;
 
 /// The surface a governed request came on.

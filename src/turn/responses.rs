@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use super::chat::{
     Caller, EventSource, Finished, GovernError, Governance, Pending, Settled, StreamEnd, from_error,
 };
+use super::request::ClientRequest;
 use super::{SpliceStore, Surface};
 use crate::adapter::responses::{
     self as adapter, CallItem, CallKind, Echo, EventData, StreamOutput, StreamRewriter, Terminal,
@@ -39,7 +40,7 @@ use crate::adapter::responses::{
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// The request as it goes upstream.
-    pub body: Value,
+    pub body: ClientRequest,
     /// What to put back into the response objects.
     pub echo: Echo,
 }
@@ -134,36 +135,42 @@ impl Governance {
     /// Readies a client's Responses request: a `previous_response_id` naming a
     /// response tollgate changed continues from its last upstream round, with
     /// the outputs the upstream has not had; replayed items of such a response
-    /// get every item back; governed tools are added to `tools`. Returns whether
-    /// anything changed, and what the responses must echo of the client's own
-    /// request.
+    /// get every item back; governed tools are added to `tools`. Returns what
+    /// the responses must echo of the client's own request. The request's tree
+    /// is built only when one of these can apply.
     pub fn prepare_responses(
         &self,
         caller: &Caller,
-        request: &mut Value,
-    ) -> Result<(bool, Echo), GovernError> {
+        request: &mut ClientRequest,
+    ) -> Result<Echo, GovernError> {
         let now = Instant::now();
-        let mut changed = false;
-        let mut echo = Echo::default();
         let continued = request
-            .get("previous_response_id")
-            .and_then(Value::as_str)
+            .head()
+            .previous_response_id
+            .as_deref()
             .and_then(|id| {
                 self.responses
                     .find(id, now)
                     .filter(|t| t.presented_id == id && t.agent_id == caller.agent_id)
             });
+        let visible = self.visible_tools(caller);
+        if continued.is_none() && self.responses.is_empty() && visible.is_empty() {
+            return Ok(Echo::default());
+        }
+        let mut echo = Echo::default();
+        let mut changed = false;
+        let tree = request.parsed()?;
         if let Some(turn) = &continued {
             if let Some(upstream_id) = turn
                 .upstream_id
                 .as_deref()
                 .filter(|u| *u != turn.presented_id)
             {
-                echo.previous_response_id = request.get("previous_response_id").cloned();
-                request["previous_response_id"] = Value::String(upstream_id.to_owned());
+                echo.previous_response_id = tree.get("previous_response_id").cloned();
+                tree["previous_response_id"] = Value::String(upstream_id.to_owned());
             }
             if !turn.pending.is_empty() {
-                let items = input_items(request)?;
+                let items = input_items(tree)?;
                 let missing: Vec<Value> = turn
                     .pending
                     .iter()
@@ -177,7 +184,7 @@ impl Governance {
             }
             changed = true;
         }
-        if let Some(items) = request.get_mut("input").and_then(Value::as_array_mut) {
+        if let Some(items) = tree.get_mut("input").and_then(Value::as_array_mut) {
             changed |= splice_responses(
                 items,
                 &self.responses,
@@ -186,11 +193,11 @@ impl Governance {
                 &caller.agent_id,
             ) > 0;
         }
-        let visible = self.visible_tools(caller);
-        adapter::inject_tools(request, &visible)?;
+        adapter::inject_tools(tree, &visible)?;
         changed |= !visible.is_empty();
+        request.set_changed(changed);
         echo.injected = visible.into_iter().map(|t| t.name).collect();
-        Ok((changed, echo))
+        Ok(echo)
     }
 
     /// Remembers a response something was hidden from, for the client's next
@@ -267,7 +274,7 @@ impl Governance {
         mut upstream: F,
     ) -> Result<Finished, GovernError>
     where
-        F: FnMut(&Value) -> Fut,
+        F: FnMut(Bytes) -> Fut,
         Fut: Future<Output = Result<Value, GovernError>>,
     {
         let Prepared {
@@ -282,7 +289,7 @@ impl Governance {
         let mut last = Value::Null;
         let mut pending = Vec::new();
         for round in 0..self.settings().max_rounds {
-            let response = upstream(&request).await?;
+            let response = upstream(request.body()).await?;
             sum_usage(&mut usage, &response);
             if round == 0 {
                 envelope = envelope_of(&response);
@@ -329,7 +336,7 @@ impl Governance {
                 pending = handled;
                 break;
             }
-            continue_request(&mut request, &response, handled)?;
+            continue_request(request.edit()?, &response, handled)?;
         }
         // Out of rounds: say so, and record it.
         let message = self
@@ -371,7 +378,7 @@ impl Governance {
         out: &mpsc::Sender<Bytes>,
     ) -> StreamEnd
     where
-        F: FnMut(&Value) -> Fut,
+        F: FnMut(Bytes) -> Fut,
         Fut: Future<Output = Result<E, GovernError>>,
         E: EventSource,
     {
@@ -450,10 +457,13 @@ impl Governance {
                 pending = handled;
                 break;
             }
-            if let Err(error) = continue_request(&mut request, &response, handled) {
+            let continued = request.edit().map_err(GovernError::from).and_then(|tree| {
+                continue_request(tree, &response, handled).map_err(GovernError::from)
+            });
+            if let Err(error) = continued {
                 return client.fail(&error.to_string()).await;
             }
-            events = match upstream(&request).await {
+            events = match upstream(request.body()).await {
                 Ok(next) => next,
                 Err(error) => return client.fail(&from_error(&error)).await,
             };
