@@ -81,7 +81,8 @@ impl ClientRequest {
     }
 
     /// Whether the tree has been built.
-    pub fn is_parsed(&self) -> bool {
+    #[cfg(test)]
+    fn is_parsed(&self) -> bool {
         self.tree.is_some()
     }
 
@@ -111,7 +112,8 @@ impl ClientRequest {
     }
 
     /// Whether the body going upstream differs from the client's bytes.
-    pub fn is_changed(&self) -> bool {
+    #[cfg(test)]
+    fn is_changed(&self) -> bool {
         self.changed
     }
 
