@@ -6,7 +6,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::mock::{MockUpstream, Reply};
+use crate::common::mock::{MockUpstream, Reply, StreamFeed};
 use crate::common::{TestProxy, WAIT, client, raw_exchange, split_response, still_serving};
 
 /// Asserts an OpenAI-shaped error from tollgate and returns its `code`.
@@ -127,24 +127,59 @@ async fn assert_overloaded(response: reqwest::Response) {
     assert_eq!(tollgate_error(response, 503).await, "server_overloaded");
 }
 
-#[tokio::test]
-async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes_back() {
-    // Room for one 48 KiB governed request at a time (its body and its parsed
-    // form, about 97 KiB), not two.
+/// A governed Chat request with 48 KiB of text: its body and its parsed form take
+/// about 97 KiB of the budget.
+fn big(stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": "gpt-4o", "stream": stream,
+        "messages": [{"role": "user", "content": "x".repeat(48 * 1024)}]})
+}
+
+/// A proxy whose memory budget has room for one [`big`] request at a time, not
+/// two, and a big stream on it that the upstream holds open (written through the
+/// returned feed).
+async fn one_big_stream_held() -> (
+    MockUpstream,
+    TestProxy,
+    String,
+    reqwest::Response,
+    StreamFeed,
+) {
     let (mock, proxy, url) =
         with_limits("max_body_bytes = 65536\nmax_governed_bytes = 163840").await;
-    let big = |stream: bool| {
-        serde_json::json!({"model": "gpt-4o", "stream": stream,
-            "messages": [{"role": "user", "content": "x".repeat(48 * 1024)}]})
-    };
     let (reply, feed) = Reply::stream(
         200,
         vec![("content-type".into(), "text/event-stream".into())],
     );
     mock.push(reply);
-    // The first is held open by the upstream: its body's share stays taken.
-    let mut first = client().post(&url).json(&big(true)).send().await.unwrap();
+    let first = client().post(&url).json(&big(true)).send().await.unwrap();
     assert_eq!(first.status(), 200);
+    (mock, proxy, url, first, feed)
+}
+
+/// Sends a plain [`big`] request until the budget admits it (at most 51 tries,
+/// `before` run ahead of each): a stream's share comes back when its task ends,
+/// a moment after its client has seen the end.
+async fn big_until_admitted(url: &str, mut before: impl FnMut()) -> reqwest::Response {
+    let mut refused = 0;
+    loop {
+        before();
+        let response = client().post(url).json(&big(false)).send().await.unwrap();
+        if response.status() != 503 || refused == 50 {
+            assert_eq!(
+                response.status(),
+                200,
+                "still refused after {refused} retries"
+            );
+            return response;
+        }
+        refused += 1;
+    }
+}
+
+#[tokio::test]
+async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes_back() {
+    // The first is held open by the upstream: its body's share stays taken.
+    let (mock, proxy, url, mut first, feed) = one_big_stream_held().await;
 
     // A second of the same size does not fit: refused at once, never forwarded,
     // with a 503 the SDKs retry after the advertised pause.
@@ -177,16 +212,25 @@ async fn governed_requests_beyond_the_memory_budget_get_503_and_the_budget_comes
         .unwrap();
     assert!(String::from_utf8_lossy(&got).ends_with("data: [DONE]\n\n"));
     mock.push(completion());
-    let mut refused = 0;
-    let third = loop {
-        let response = client().post(&url).json(&big(false)).send().await.unwrap();
-        if response.status() != 503 || refused == 50 {
-            break response;
-        }
-        refused += 1;
-    };
-    assert_eq!(third.status(), 200, "still refused after {refused} retries");
+    big_until_admitted(&url, || {}).await;
     assert_eq!(mock.received().len(), 3);
+    still_serving(&proxy, &mock).await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_governed_stream_gives_its_share_back() {
+    let (mock, proxy, url, first, feed) = one_big_stream_held().await;
+    assert_overloaded(client().post(&url).json(&big(false)).send().await.unwrap()).await;
+
+    // The client goes with the upstream's stream still open. The stream stops
+    // when it next has something to write, and its share comes back.
+    drop(first);
+    let chunk = serde_json::json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1,
+        "model": "gpt-4o", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "more"},
+        "finish_reason": null}]});
+    mock.push(completion());
+    big_until_admitted(&url, || feed.send(format!("data: {chunk}\n\n"))).await;
+    assert_eq!(mock.received().len(), 2);
     still_serving(&proxy, &mock).await;
 }
 
