@@ -9,7 +9,9 @@
 //! loop. An upstream error status in the first round reaches the client
 //! unchanged, as it would without tollgate; a response without tool calls keeps
 //! its bytes. Streams are written by a task of their own through a channel, so
-//! decisions, receipts and governed tools run while the client's stream is open.
+//! decisions, receipts and governed tools run while the client's stream is open;
+//! while it waits on the upstream the task also watches the client's end, and
+//! stops (dropping the upstream connection) as soon as the client has gone.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -429,6 +431,8 @@ pub struct UpstreamEvents {
     idle: Duration,
     done: bool,
     held: Option<OwnedSemaphorePermit>,
+    /// The client's side of the stream, watched while waiting on the upstream.
+    client: Option<tokio::sync::mpsc::Sender<Bytes>>,
 }
 
 impl UpstreamEvents {
@@ -442,7 +446,15 @@ impl UpstreamEvents {
             idle,
             done: false,
             held: None,
+            client: None,
         }
+    }
+
+    /// Stops waiting on the upstream once the client's stream is gone: the
+    /// upstream connection is dropped then, not at its next event.
+    fn watching(mut self, client: tokio::sync::mpsc::Sender<Bytes>) -> Self {
+        self.client = Some(client);
+        self
     }
 
     async fn next(&mut self) -> Option<Result<Bytes, String>> {
@@ -453,7 +465,20 @@ impl UpstreamEvents {
             if self.done {
                 return None;
             }
-            match tokio::time::timeout(self.idle, self.body.frame()).await {
+            let client = self.client.as_ref();
+            let next = tokio::select! {
+                next = tokio::time::timeout(self.idle, self.body.frame()) => next,
+                () = async {
+                    match client {
+                        Some(client) => client.closed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.done = true;
+                    return Some(Err("the client left the stream".into()));
+                }
+            };
+            match next {
                 Err(_) => {
                     self.done = true;
                     return Some(Err(format!(
@@ -578,8 +603,10 @@ async fn stream(
     parts.status = StatusCode::OK;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+    let first = first.watching(tx.clone());
     let task_shared = shared.clone();
     let request_id = request_id.clone();
+    let watch = tx.clone();
     tokio::spawn(async move {
         // Held until the stream's last round ends.
         let _budget = budget;
@@ -588,9 +615,10 @@ async fn stream(
             let shared = next_shared.clone();
             let uri = uri.clone();
             let headers = headers.clone();
+            let watch = watch.clone();
             async move {
                 match open_stream(&shared, &uri, &headers, body).await? {
-                    Opened::Stream(_, events) => Ok(events),
+                    Opened::Stream(_, events) => Ok(events.watching(watch)),
                     Opened::Refused(parts, bytes) => Err(GovernError::Upstream(
                         parts.status.as_u16(),
                         serde_json::from_slice(&bytes).unwrap_or(Value::Null),

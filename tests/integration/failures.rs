@@ -222,14 +222,13 @@ async fn a_client_leaving_a_governed_stream_gives_its_share_back() {
     let (mock, proxy, url, first, feed) = one_big_stream_held().await;
     assert_overloaded(client().post(&url).json(&big(false)).send().await.unwrap()).await;
 
-    // The client goes with the upstream's stream still open. The stream stops
-    // when it next has something to write, and its share comes back.
+    // The client goes with the upstream's stream still open and silent: the
+    // stream stops without waiting for the upstream's next event, and its share
+    // comes back.
     drop(first);
-    let chunk = serde_json::json!({"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1,
-        "model": "gpt-4o", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "more"},
-        "finish_reason": null}]});
     mock.push(completion());
-    big_until_admitted(&url, || feed.send(format!("data: {chunk}\n\n"))).await;
+    big_until_admitted(&url, || {}).await;
+    drop(feed);
     assert_eq!(mock.received().len(), 2);
     still_serving(&proxy, &mock).await;
 }
