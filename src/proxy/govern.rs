@@ -467,6 +467,7 @@ impl UpstreamEvents {
             }
             let client = self.client.as_ref();
             let next = tokio::select! {
+                biased;
                 next = tokio::time::timeout(self.idle, self.body.frame()) => next,
                 () = async {
                     match client {
