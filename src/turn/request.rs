@@ -16,7 +16,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -134,16 +134,6 @@ impl Head {
         let value =
             |raw: Option<&RawValue>| raw.and_then(|r| serde_json::from_str::<Value>(r.get()).ok());
         let is_true = |raw: Option<&RawValue>| raw.is_some_and(|r| r.get() == "true");
-        let (has_tools, callable_tools) = top
-            .tools
-            .and_then(|r| serde_json::from_str::<Vec<ToolKind>>(r.get()).ok())
-            .map(|kinds| {
-                let callable = kinds
-                    .iter()
-                    .any(|k| matches!(k.0.as_deref(), Some("function" | "custom" | "namespace")));
-                (!kinds.is_empty(), callable)
-            })
-            .unwrap_or((false, false));
         let mut tree_bytes = top.other_bytes;
         for raw in [
             top.stream,
@@ -151,7 +141,6 @@ impl Head {
             top.n,
             top.background,
             top.functions,
-            top.tools,
             top.previous_response_id,
         ]
         .into_iter()
@@ -167,8 +156,8 @@ impl Head {
             n: value(top.n).and_then(|n| n.as_u64()),
             background: is_true(top.background),
             functions: top.functions.is_some(),
-            has_tools,
-            callable_tools,
+            has_tools: top.tools.listed,
+            callable_tools: top.tools.callable,
             previous_response_id: value(top.previous_response_id)
                 .and_then(|v| v.as_str().map(str::to_owned)),
             tree_bytes,
@@ -176,16 +165,17 @@ impl Head {
     }
 }
 
-/// What [`size_of_json`] estimates for one JSON text.
+/// The estimated tree size of one JSON text.
 fn size_of_json(text: &str) -> Result<usize, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let size = Size.deserialize(&mut de)?;
+    let read = Read::Any.deserialize(&mut de)?;
     de.end()?;
-    Ok(size)
+    Ok(read.bytes)
 }
 
-/// A request's top level: the keys governing reads, kept as their raw text,
-/// and the estimated tree size of every other entry.
+/// A request's top level: the small keys governing reads, kept as their raw
+/// text, what the `tools` list says, and the estimated tree size of every entry
+/// but the raw ones' values.
 #[derive(Default)]
 struct Top<'a> {
     stream: Option<&'a RawValue>,
@@ -193,9 +183,8 @@ struct Top<'a> {
     n: Option<&'a RawValue>,
     background: Option<&'a RawValue>,
     functions: Option<&'a RawValue>,
-    tools: Option<&'a RawValue>,
     previous_response_id: Option<&'a RawValue>,
-    /// Entries of every key, and the values of the keys not kept.
+    tools: Sized,
     other_bytes: usize,
 }
 
@@ -226,10 +215,14 @@ impl<'de> Visitor<'de> for TopVisitor {
                 "n" => &mut top.n,
                 "background" => &mut top.background,
                 "functions" => &mut top.functions,
-                "tools" => &mut top.tools,
                 "previous_response_id" => &mut top.previous_response_id,
+                "tools" => {
+                    top.tools = map.next_value_seed(Read::ToolList)?;
+                    top.other_bytes += top.tools.bytes;
+                    continue;
+                }
                 _ => {
-                    top.other_bytes += map.next_value_seed(Size)?;
+                    top.other_bytes += map.next_value_seed(Read::Any)?.bytes;
                     continue;
                 }
             };
@@ -261,113 +254,102 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// The estimated tree size of one JSON value, read without building it. The
-/// parser's depth limit (128) bounds the recursion as it bounds the tree's.
-#[derive(Clone, Copy)]
-struct Size;
+/// What reading one JSON value without building it found: its estimated tree
+/// size and, where it was read as a tools list, what the list holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sized {
+    bytes: usize,
+    /// A list with something in it.
+    listed: bool,
+    /// A tool the model calls by name (`function`, `custom`, `namespace`).
+    callable: bool,
+}
 
-impl<'de> DeserializeSeed<'de> for Size {
-    type Value = usize;
+/// Reads one JSON value for its [`Sized`] facts; what else it notes depends on
+/// where the value stands. The parser's depth limit (128) bounds the recursion
+/// as it bounds the tree's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Any value: its size only.
+    Any,
+    /// A request's `tools`.
+    ToolList,
+    /// One item of `tools`.
+    Tool,
+    /// A tool's `type`.
+    ToolType,
+}
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+impl<'de> DeserializeSeed<'de> for Read {
+    type Value = Sized;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Sized, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Size {
-    type Value = usize;
+impl<'de> Visitor<'de> for Read {
+    type Value = Sized;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<usize, E> {
-        Ok(0)
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Sized, E> {
+        Ok(Sized::default())
     }
 
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<usize, E> {
-        Ok(0)
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Sized, E> {
+        Ok(Sized::default())
     }
 
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<usize, E> {
-        Ok(0)
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Sized, E> {
+        Ok(Sized::default())
     }
 
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<usize, E> {
-        Ok(0)
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Sized, E> {
+        Ok(Sized::default())
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<usize, E> {
-        Ok(0)
+    fn visit_unit<E: de::Error>(self) -> Result<Sized, E> {
+        Ok(Sized::default())
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
-        Ok(v.len())
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Sized, E> {
+        Ok(Sized {
+            bytes: v.len(),
+            callable: self == Read::ToolType && matches!(v, "function" | "custom" | "namespace"),
+            ..Sized::default()
+        })
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-        let mut total = 0usize;
-        while let Some(item) = seq.next_element_seed(Size)? {
-            total = total.saturating_add(SLOT + item);
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Sized, A::Error> {
+        let item = if self == Read::ToolList {
+            Read::Tool
+        } else {
+            Read::Any
+        };
+        let mut read = Sized::default();
+        while let Some(one) = seq.next_element_seed(item)? {
+            read.bytes = read.bytes.saturating_add(SLOT + one.bytes);
+            read.listed = self == Read::ToolList;
+            read.callable |= one.callable;
         }
-        Ok(total)
+        Ok(read)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
-        let mut total = 0usize;
-        while let Some(key) = map.next_key_seed(Size)? {
-            total = total.saturating_add(ENTRY + key + map.next_value_seed(Size)?);
-        }
-        Ok(total)
-    }
-}
-
-/// A listed tool's `type`, if it is an object with a string `type`.
-struct ToolKind(Option<String>);
-
-impl<'de> Deserialize<'de> for ToolKind {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KindVisitor;
-        impl<'de> Visitor<'de> for KindVisitor {
-            type Value = ToolKind;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<ToolKind, E> {
-                Ok(ToolKind(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<ToolKind, E> {
-                Ok(ToolKind(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<ToolKind, E> {
-                Ok(ToolKind(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<ToolKind, E> {
-                Ok(ToolKind(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<ToolKind, E> {
-                Ok(ToolKind(None))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<ToolKind, E> {
-                Ok(ToolKind(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ToolKind, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(ToolKind(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ToolKind, A::Error> {
-                let mut kind = None;
-                while let Some(Key(key)) = map.next_key()? {
-                    if key == "type" {
-                        kind = map.next_value::<Value>()?.as_str().map(str::to_owned);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(ToolKind(kind))
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Sized, A::Error> {
+        let mut read = Sized::default();
+        while let Some(Key(key)) = map.next_key()? {
+            let typed = self == Read::Tool && key == "type";
+            let value = map.next_value_seed(if typed { Read::ToolType } else { Read::Any })?;
+            read.bytes = read.bytes.saturating_add(ENTRY + key.len() + value.bytes);
+            if typed {
+                // A repeated `type` counts as the tree keeps it: the last.
+                read.callable = value.callable;
             }
         }
-        deserializer.deserialize_any(KindVisitor)
+        Ok(read)
     }
 }
 
