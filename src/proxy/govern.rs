@@ -307,11 +307,10 @@ pub async fn govern(
         uri: upstream::target(&shared.config.upstream, &parts.uri)?,
         headers: round_headers(parts.headers, &identity),
         identity,
-        streaming: head.stream,
         request,
         budget,
     };
-    if turn.streaming {
+    if turn.request.head().stream {
         stream(shared, request_id, turn).await
     } else {
         plain(shared, request_id, turn).await
@@ -327,7 +326,6 @@ struct Governed {
     request: ClientRequest,
     uri: Uri,
     headers: HeaderMap,
-    streaming: bool,
     /// This request's share of the governed budget, given back when it ends.
     budget: OwnedSemaphorePermit,
 }
