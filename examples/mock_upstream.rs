@@ -12,8 +12,9 @@
 //!   call to `get_weather` at the end. The model `mock-429` gets a rate-limit error,
 //!   `mock-500` a server error, `mock-hang` no answer at all.
 //! - `x-mock-chunks: N` sets the number of content deltas of a stream,
-//!   `x-mock-first-ms` and `x-mock-interval-ms` the pause before the first event
-//!   and between events.
+//!   `x-mock-first-ms` when its first event is due after the reply starts and
+//!   `x-mock-interval-ms` how far apart the events are due (each on the stream's
+//!   own schedule, not counted from when the one before was written).
 //! - `POST /v1/chat/completions` and `POST /v1/responses` with the model
 //!   `mock-agent`, plain or streaming: a deterministic stand-in for a model that
 //!   uses tools (see below).

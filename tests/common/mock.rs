@@ -64,7 +64,8 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         steps: mpsc::UnboundedReceiver<Step>,
     },
-    /// Chunked, with a pause before the first chunk and between chunks.
+    /// Chunked: the first chunk `first` after the reply starts, each next one
+    /// `interval` after the one before was due.
     Timed {
         status: u16,
         headers: Vec<(String, String)>,
@@ -319,15 +320,22 @@ async fn respond(reply: Reply) -> Response<MockBody> {
             interval,
             chunks,
         } => {
+            // Chunk k is due at `start + first + k * interval`, whenever the ones
+            // before it left: a pause measured from the previous chunk would add
+            // the timer's rounding and the write to every gap, and streams held
+            // up together would stay in step from then on.
+            let start = tokio::time::Instant::now();
             let stream = futures_util::stream::unfold(
-                (chunks.into_iter(), true),
-                move |(mut rest, is_first)| async move {
+                (chunks.into_iter(), start + first),
+                move |(mut rest, due)| async move {
                     let chunk = rest.next()?;
-                    let pause = if is_first { first } else { interval };
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
+                    if due > tokio::time::Instant::now() {
+                        tokio::time::sleep_until(due).await;
                     }
-                    Some((Ok::<_, BoxError>(Frame::data(chunk)), (rest, false)))
+                    Some((
+                        Ok::<_, BoxError>(Frame::data(chunk)),
+                        (rest, due + interval),
+                    ))
                 },
             );
             (status, headers, StreamBody::new(stream).boxed_unsync())
