@@ -409,6 +409,47 @@ async fn text_passes_at_once_and_an_upstream_dying_mid_call_releases_nothing() {
 }
 
 #[tokio::test]
+async fn an_upstream_falling_silent_mid_call_ends_the_stream_after_the_idle_timeout() {
+    let g = start(POLICY, "idle_timeout = \"300ms\"", None).await;
+    let (reply, feed) = Reply::stream(
+        200,
+        vec![("content-type".into(), "text/event-stream".into())],
+    );
+    g.upstream.push(reply);
+    let mut body = request();
+    body["stream"] = json!(true);
+    let response = client()
+        .post(format!("{}/v1/chat/completions", g.proxy.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Text, then half a call; then the upstream keeps its connection open and
+    // sends nothing more.
+    feed.send(chunk(
+        json!({"role": "assistant", "content": "Let me look."}),
+        Value::Null,
+    ));
+    feed.send(chunk(
+        json!({"tool_calls": [{"index": 0, "id": "call_quiet", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":"}}]}),
+        Value::Null,
+    ));
+    let text = tokio::time::timeout(WAIT, response.text())
+        .await
+        .expect("a silent upstream must not hold the stream open")
+        .unwrap();
+    let got = read_events(text);
+    assert!(got.raw.contains("Let me look."), "{}", got.raw);
+    assert!(!got.raw.contains("call_quiet"), "{}", got.raw);
+    assert_eq!(got.errors().len(), 1, "{}", got.raw);
+    assert!(got.raw.contains("sent nothing"), "{}", got.raw);
+    assert_eq!(got.done, 0);
+    assert!(g.proxy.receipt_lines().is_empty(), "nothing was decided");
+    drop(feed);
+}
+
+#[tokio::test]
 async fn an_upstream_error_in_a_later_round_ends_the_stream_with_an_error_event() {
     let g = start(POLICY, "", None).await;
     g.upstream
