@@ -86,14 +86,14 @@ pub struct RequestBodyError(pub RequestBodyFault);
 
 /// An idle timeout that costs one clock read per piece of body: the timer is only
 /// re-armed when it fires early.
-struct IdleTimer {
+pub(crate) struct IdleTimer {
     sleep: Pin<Box<Sleep>>,
     timeout: Duration,
     last_activity: Instant,
 }
 
 impl IdleTimer {
-    fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             sleep: Box::pin(tokio::time::sleep(timeout)),
             timeout,
@@ -101,13 +101,18 @@ impl IdleTimer {
         }
     }
 
-    fn touch(&mut self) {
+    /// Something happened: the timeout counts from now.
+    pub(crate) fn touch(&mut self) {
         self.last_activity = Instant::now();
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Whether nothing has happened for the whole timeout; registers for a wake-up
     /// otherwise.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             if self.sleep.as_mut().poll(cx).is_pending() {
                 return false;

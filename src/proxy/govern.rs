@@ -15,7 +15,6 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
@@ -26,7 +25,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
 use super::body::{
-    ChannelBody, MAX_HELD_EVENT_BYTES, ProxyBody, RequestBody, RequestBodyFault,
+    ChannelBody, IdleTimer, MAX_HELD_EVENT_BYTES, ProxyBody, RequestBody, RequestBodyFault,
     RequestBodyOutcome, full,
 };
 use super::headers::{is_encoded, is_event_stream, remove_hop_by_hop};
@@ -426,7 +425,9 @@ pub struct UpstreamEvents {
     body: Incoming,
     framer: Framer,
     queue: VecDeque<Bytes>,
-    idle: Duration,
+    /// Counts from when the stream last had to wait on the upstream or heard from
+    /// it; one timer for the whole stream, re-armed only when it fires early.
+    idle: IdleTimer,
     done: bool,
     held: Option<OwnedSemaphorePermit>,
     /// The client's side of the stream, watched while waiting on the upstream.
@@ -435,7 +436,7 @@ pub struct UpstreamEvents {
 
 impl UpstreamEvents {
     fn new(shared: Arc<Shared>, body: Incoming) -> Self {
-        let idle = shared.config.timeouts.idle;
+        let idle = IdleTimer::new(shared.config.timeouts.idle);
         Self {
             shared,
             body,
@@ -463,10 +464,21 @@ impl UpstreamEvents {
             if self.done {
                 return None;
             }
+            // The wait starts now: time spent deciding or running calls between
+            // two events is not the upstream's silence.
+            self.idle.touch();
             let client = self.client.as_ref();
+            let idle = &mut self.idle;
             let next = tokio::select! {
                 biased;
-                next = tokio::time::timeout(self.idle, self.body.frame()) => next,
+                next = self.body.frame() => Ok(next),
+                () = std::future::poll_fn(|cx| {
+                    if idle.poll_expired(cx) {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                }) => Err(()),
                 () = async {
                     match client {
                         Some(client) => client.closed().await,
@@ -478,11 +490,11 @@ impl UpstreamEvents {
                 }
             };
             match next {
-                Err(_) => {
+                Err(()) => {
                     self.done = true;
                     return Some(Err(format!(
                         "the upstream sent nothing for {:?}",
-                        self.idle
+                        self.idle.timeout()
                     )));
                 }
                 Ok(None) => {
