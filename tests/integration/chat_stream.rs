@@ -7,11 +7,11 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::common::mock::Reply;
+use crate::common::mock::{Reply, StreamFeed};
 use crate::common::{WAIT, client, shared_fixtures};
 use crate::governance::{
-    POLICY, TIGHT_BUDGET, assert_paired, oversized_arguments, request, start, start_with_weather,
-    tool_messages,
+    Gov, POLICY, TIGHT_BUDGET, assert_paired, oversized_arguments, request, start,
+    start_with_weather, tool_messages,
 };
 
 /// One `data:` event of a chunk with this delta and finish reason.
@@ -359,23 +359,33 @@ async fn recorded_tool_call_streams_are_governed() {
     }
 }
 
-#[tokio::test]
-async fn text_passes_at_once_and_an_upstream_dying_mid_call_releases_nothing() {
-    let g = start(POLICY, "", None).await;
-    let (reply, feed) = Reply::stream(
-        200,
-        vec![("content-type".into(), "text/event-stream".into())],
-    );
-    g.upstream.push(reply);
+/// A governed streaming Chat request whose upstream answer the test feeds.
+async fn open_fed_stream(g: &Gov) -> (reqwest::Response, StreamFeed) {
+    let feed = g.feed_stream();
     let mut body = request();
     body["stream"] = json!(true);
-    let mut response = client()
+    let response = client()
         .post(format!("{}/v1/chat/completions", g.proxy.url))
         .json(&body)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    (response, feed)
+}
+
+/// The first piece of a call to `lookup`: its arguments are not complete.
+fn half_call(id: &str) -> Bytes {
+    chunk(
+        json!({"tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":"}}]}),
+        Value::Null,
+    )
+}
+
+#[tokio::test]
+async fn text_passes_at_once_and_an_upstream_dying_mid_call_releases_nothing() {
+    let g = start(POLICY, "", None).await;
+    let (mut response, feed) = open_fed_stream(&g).await;
     feed.send(chunk(
         json!({"role": "assistant", "content": "Let me look."}),
         Value::Null,
@@ -387,10 +397,7 @@ async fn text_passes_at_once_and_an_upstream_dying_mid_call_releases_nothing() {
         .unwrap()
         .unwrap();
     assert!(String::from_utf8_lossy(&first).contains("Let me look."));
-    feed.send(chunk(
-        json!({"tool_calls": [{"index": 0, "id": "call_cut", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":"}}]}),
-        Value::Null,
-    ));
+    feed.send(half_call("call_cut"));
     feed.abort();
     let mut rest = Vec::new();
     while let Some(piece) = tokio::time::timeout(WAIT, response.chunk())
@@ -411,30 +418,14 @@ async fn text_passes_at_once_and_an_upstream_dying_mid_call_releases_nothing() {
 #[tokio::test]
 async fn an_upstream_falling_silent_mid_call_ends_the_stream_after_the_idle_timeout() {
     let g = start(POLICY, "idle_timeout = \"300ms\"", None).await;
-    let (reply, feed) = Reply::stream(
-        200,
-        vec![("content-type".into(), "text/event-stream".into())],
-    );
-    g.upstream.push(reply);
-    let mut body = request();
-    body["stream"] = json!(true);
-    let response = client()
-        .post(format!("{}/v1/chat/completions", g.proxy.url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let (response, feed) = open_fed_stream(&g).await;
     // Text, then half a call; then the upstream keeps its connection open and
     // sends nothing more.
     feed.send(chunk(
         json!({"role": "assistant", "content": "Let me look."}),
         Value::Null,
     ));
-    feed.send(chunk(
-        json!({"tool_calls": [{"index": 0, "id": "call_quiet", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":"}}]}),
-        Value::Null,
-    ));
+    feed.send(half_call("call_quiet"));
     let text = tokio::time::timeout(WAIT, response.text())
         .await
         .expect("a silent upstream must not hold the stream open")

@@ -6,7 +6,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::mock::{MockUpstream, Reply};
+use crate::common::mock::{MockUpstream, Reply, StreamFeed};
 use crate::common::{Binary, TestProxy, WAIT, client, run_binary};
 use tollgate::cli::ServeArgs;
 
@@ -111,6 +111,16 @@ impl Gov {
             .iter()
             .map(|r| serde_json::from_slice(&r.body).unwrap())
             .collect()
+    }
+
+    /// Makes the upstream's next answer an event stream that the test feeds.
+    pub fn feed_stream(&self) -> StreamFeed {
+        let (reply, feed) = Reply::stream(
+            200,
+            vec![("content-type".into(), "text/event-stream".into())],
+        );
+        self.upstream.push(reply);
+        feed
     }
 
     /// Queues upstream answers.

@@ -729,11 +729,7 @@ async fn parallel_streamed_calls_with_one_denied_keep_output_indices_contiguous(
 #[tokio::test]
 async fn an_upstream_dying_mid_call_ends_with_response_failed_and_releases_nothing() {
     let g = start(POLICY, "", None).await;
-    let (reply, feed) = Reply::stream(
-        200,
-        vec![("content-type".into(), "text/event-stream".into())],
-    );
-    g.upstream.push(reply);
+    let feed = g.feed_stream();
     let mut body = request();
     body["stream"] = json!(true);
     let mut r = Sse::start("resp_1");
