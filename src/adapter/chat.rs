@@ -275,8 +275,9 @@ impl StreamAssembler {
                 .and_then(Value::as_u64)
                 .unwrap_or(i as u64);
             let open = self.open.entry(c).or_default();
-            if let Some(fragments) = choice
-                .pointer("/delta/tool_calls")
+            let delta = choice.get("delta");
+            if let Some(fragments) = delta
+                .and_then(|d| d.get("tool_calls"))
                 .and_then(Value::as_array)
             {
                 for f in fragments {
@@ -315,7 +316,7 @@ impl StreamAssembler {
                 }
             }
             // The legacy single `function_call`: one call, no id, completed by the finish.
-            if let Some(f) = choice.pointer("/delta/function_call") {
+            if let Some(f) = delta.and_then(|d| d.get("function_call")) {
                 let call = open.entry(LEGACY_INDEX).or_default();
                 call.kind = LEGACY_KIND.to_owned();
                 if let Some(name) = f.get("name").and_then(Value::as_str) {
@@ -663,7 +664,11 @@ impl StreamRewriter {
         if self.envelope.is_none() {
             self.set_envelope(chunk);
         }
-        if let Some(delta) = chunk.pointer("/choices/0/delta").and_then(Value::as_object) {
+        let first = chunk
+            .get("choices")
+            .and_then(|c| c.get(0))
+            .and_then(|c| c.get("delta"));
+        if let Some(delta) = first.and_then(Value::as_object) {
             let mut visible = Map::new();
             for (key, value) in delta {
                 match key.as_str() {

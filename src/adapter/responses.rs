@@ -524,6 +524,23 @@ impl EventData {
     /// `response.created` and terminal events, else only its shape when it is an
     /// object of the expected form. `None` when it is not JSON.
     pub fn read(text: String) -> Option<Self> {
+        Self::read_named(None, text)
+    }
+
+    /// [`EventData::read`] for an event whose SSE `event:` field is `name`: one
+    /// named as an event that is built whole (an output item's, `response.created`,
+    /// a terminal one) is built at once instead of being read for its shape
+    /// first. The name only saves that first read: an event built whole answers
+    /// every question a shape does, whatever its `type` turns out to be.
+    pub fn read_named(name: Option<&str>, text: String) -> Option<Self> {
+        if name.is_some_and(|name| {
+            matches!(
+                name,
+                "response.created" | "response.output_item.added" | "response.output_item.done"
+            ) || TerminalKind::of(name).is_some()
+        }) {
+            return serde_json::from_str(&text).ok().map(Self::Whole);
+        }
         let shape = serde_json::from_str::<PeekEvent<'_>>(&text)
             .ok()
             .and_then(|peek| {
@@ -1237,5 +1254,27 @@ mod tests {
         assert!(!shaped.has_response());
         assert_eq!(shaped.into_value().unwrap()["delta"], "hi");
         assert!(EventData::read("{not json".to_owned()).is_none());
+
+        // Named as an event built whole, it is built at once, and still answers
+        // as its text says.
+        let named = EventData::read_named(
+            Some("response.output_item.done"),
+            r#"{"type":"response.output_item.done","sequence_number":4,"output_index":1,"item":{"type":"message"}}"#
+                .to_owned(),
+        )
+        .unwrap();
+        assert!(matches!(named, EventData::Whole(_)));
+        assert_eq!(named.kind(), "response.output_item.done");
+        assert_eq!(named.sequence_number(), Some(4));
+        assert!(
+            EventData::read_named(Some("response.completed"), "{not json".to_owned()).is_none()
+        );
+        // Any other name reads the shape first, as without one.
+        let delta = EventData::read_named(
+            Some("response.output_text.delta"),
+            r#"{"type":"response.output_text.delta","sequence_number":3,"delta":"hi"}"#.to_owned(),
+        )
+        .unwrap();
+        assert!(matches!(delta, EventData::Shape { .. }));
     }
 }

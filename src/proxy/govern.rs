@@ -511,7 +511,7 @@ impl UpstreamEvents {
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         if let Some(piece) = self.framer.push(data) {
-                            self.queue.extend(split_events(&piece));
+                            split_events(&piece, |event| self.queue.push_back(event));
                         } else if self.framer.held() > MAX_HELD_EVENT_BYTES {
                             self.done = true;
                             return Some(Err(format!(

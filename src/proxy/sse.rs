@@ -7,6 +7,8 @@
 //! WHATWG event-stream rules say, and may be split across chunks. [`parse_event`]
 //! reads the `event`, `data` and `id` fields of one raw event.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 
 /// Cuts a byte stream into complete events.
@@ -141,84 +143,95 @@ impl Framer {
     }
 }
 
-/// The fields of one event.
+/// The fields of one event, borrowed from its bytes where they can be: a
+/// single `data` line of valid UTF-8, the usual case, is not copied.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct Event<'a> {
     /// The `event:` field, if any.
-    pub event: Option<String>,
+    pub event: Option<Cow<'a, str>>,
     /// The `data:` lines joined with `\n`.
-    pub data: String,
+    pub data: Cow<'a, str>,
     /// The `id:` field, if any.
-    pub id: Option<String>,
+    pub id: Option<Cow<'a, str>>,
 }
 
 /// Cuts bytes made of whole events (as [`Framer::push`] returns them) into one
-/// piece per event, each with its terminating blank line.
-pub fn split_events(piece: &Bytes) -> Vec<Bytes> {
+/// piece per event, each with its terminating blank line, handing each to `each`
+/// in order.
+pub fn split_events(piece: &Bytes, mut each: impl FnMut(Bytes)) {
     let b = &piece[..];
-    let mut events = Vec::new();
     let (mut start, mut line_start, mut i) = (0, 0, 0);
-    while i < b.len() {
-        let c = b[i];
-        if c == b'\n' || c == b'\r' {
-            let mut end = i + 1;
-            if c == b'\r' && b.get(i + 1) == Some(&b'\n') {
-                end += 1;
-            }
-            if i == line_start {
-                events.push(piece.slice(start..end));
-                start = end;
-            }
-            line_start = end;
-            i = end;
-        } else {
-            i += 1;
+    while let Some(offset) = memchr::memchr2(b'\n', b'\r', &b[i..]) {
+        let at = i + offset;
+        let mut end = at + 1;
+        if b[at] == b'\r' && b.get(at + 1) == Some(&b'\n') {
+            end += 1;
         }
+        if at == line_start {
+            each(piece.slice(start..end));
+            start = end;
+        }
+        line_start = end;
+        i = end;
     }
     if start < b.len() {
-        events.push(piece.slice(start..));
+        each(piece.slice(start..));
     }
-    events
 }
 
 /// Reads the fields of one raw event as the WHATWG rules say: comments skipped, one
-/// leading space of a value removed, `data` lines joined with `\n`. Returns `None`
-/// for an event with no `data` field (which clients do not dispatch).
-pub fn parse_event(raw: &[u8]) -> Option<Event> {
-    let text = String::from_utf8_lossy(raw);
+/// leading space of a value removed, `data` lines joined with `\n`, bytes that are
+/// not UTF-8 replaced. Returns `None` for an event with no `data` field (which
+/// clients do not dispatch).
+pub fn parse_event(raw: &[u8]) -> Option<Event<'_>> {
     let mut event = Event::default();
     let mut has_data = false;
-    let mut rest: &str = &text;
+    let mut rest = raw;
     while !rest.is_empty() {
-        let end = rest.find(['\r', '\n']).unwrap_or(rest.len());
+        let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
         let line = &rest[..end];
         rest = &rest[end..];
-        if let Some(stripped) = rest.strip_prefix("\r\n") {
+        if let Some(stripped) = rest.strip_prefix(b"\r\n") {
             rest = stripped;
-        } else if !rest.is_empty() {
-            rest = &rest[1..];
+        } else if let Some((_, stripped)) = rest.split_first() {
+            rest = stripped;
         }
-        if line.is_empty() || line.starts_with(':') {
+        if line.is_empty() || line[0] == b':' {
             continue;
         }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(at) => {
+                let value = &line[at + 1..];
+                (&line[..at], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
         };
         match field {
-            "event" => event.event = Some(value.to_owned()),
-            "data" => {
+            b"event" => event.event = Some(text(value)),
+            b"data" => {
                 if has_data {
-                    event.data.push('\n');
+                    let data = event.data.to_mut();
+                    data.push('\n');
+                    data.push_str(&text(value));
+                } else {
+                    event.data = text(value);
                 }
-                event.data.push_str(value);
                 has_data = true;
             }
-            "id" if !value.contains('\0') => event.id = Some(value.to_owned()),
+            b"id" if !value.contains(&0) => event.id = Some(text(value)),
             _ => {}
         }
     }
     has_data.then_some(event)
+}
+
+/// A field's value as text: borrowed when it is UTF-8, else with the bytes that
+/// are not replaced by U+FFFD.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 #[cfg(test)]
@@ -226,7 +239,8 @@ mod tests {
     #[test]
     fn whole_events_split_one_by_one_whatever_the_line_ends() {
         let piece = Bytes::from_static(b"data: a\n\ndata: b\r\n\r\n: ping\r\rdata: c\ndata: d\n\n");
-        let events = split_events(&piece);
+        let mut events = Vec::new();
+        split_events(&piece, |event| events.push(event));
         let texts: Vec<&[u8]> = events.iter().map(|e| &e[..]).collect();
         assert_eq!(
             texts,
@@ -346,5 +360,16 @@ mod tests {
         assert_eq!(e.id.as_deref(), Some("7"));
         assert!(parse_event(b": keep-alive\n\n").is_none());
         assert_eq!(parse_event(b"\ndata: y\r\n\r\n").unwrap().data, "y");
+    }
+
+    #[test]
+    fn one_data_line_is_read_in_place_and_bad_bytes_are_replaced() {
+        let e = parse_event(b"event: e\ndata: {\"a\":1}\n\n").unwrap();
+        assert!(matches!(e.data, Cow::Borrowed("{\"a\":1}")));
+        assert!(matches!(e.event, Some(Cow::Borrowed("e"))));
+        let bad = parse_event(b"data: a\xffb\ndata: \xe2\x82\n\n").unwrap();
+        assert_eq!(bad.data, "a\u{FFFD}b\n\u{FFFD}");
+        assert_eq!(parse_event(b"data\n\n").unwrap().data, "");
+        assert_eq!(parse_event(b"id: a\0b\ndata: x\n\n").unwrap().id, None);
     }
 }

@@ -607,10 +607,12 @@ impl Governance {
                 // Read only the chunk's shape: one without a call leaves as it came.
                 match chunk_shape(&event.data) {
                     Some(shape) if !shape.call && !shape.error => {
+                        // The pieces out share the event's bytes, which `event`
+                        // still reads.
                         if shape.tail {
-                            held.push(raw);
+                            held.push(raw.clone());
                         } else {
-                            for piece in held.drain(..).chain(std::iter::once(raw)) {
+                            for piece in held.drain(..).chain(std::iter::once(raw.clone())) {
                                 if !driver.send(piece).await {
                                     return Err(StreamEnd::ClientGone);
                                 }

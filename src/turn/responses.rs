@@ -532,7 +532,8 @@ impl Governance {
             if event.data.is_empty() || event.data.trim() == "[DONE]" {
                 continue;
             }
-            let Some(data) = EventData::read(event.data) else {
+            let Some(data) = EventData::read_named(event.event.as_deref(), event.data.into_owned())
+            else {
                 return Err(client
                     .fail("the upstream sent an event tollgate cannot read")
                     .await);
