@@ -225,8 +225,8 @@ pub fn parse_event(raw: &[u8]) -> Option<Event<'_>> {
     has_data.then_some(event)
 }
 
-/// A field's value as text: borrowed when it is UTF-8, else with the bytes that
-/// are not replaced by U+FFFD.
+/// A field's value as text: borrowed when it is UTF-8, else a copy with every
+/// sequence that is not UTF-8 replaced by U+FFFD.
 fn text(bytes: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(bytes) {
         Ok(text) => Cow::Borrowed(text),
