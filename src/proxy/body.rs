@@ -110,6 +110,17 @@ impl IdleTimer {
         self.timeout
     }
 
+    /// Resolves once nothing has happened for the whole timeout.
+    pub(crate) fn expired(&mut self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.poll_expired(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
     /// Whether nothing has happened for the whole timeout; registers for a wake-up
     /// otherwise.
     pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {

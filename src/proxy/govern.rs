@@ -468,17 +468,10 @@ impl UpstreamEvents {
             // two events is not the upstream's silence.
             self.idle.touch();
             let client = self.client.as_ref();
-            let idle = &mut self.idle;
             let next = tokio::select! {
                 biased;
                 next = self.body.frame() => Ok(next),
-                () = std::future::poll_fn(|cx| {
-                    if idle.poll_expired(cx) {
-                        std::task::Poll::Ready(())
-                    } else {
-                        std::task::Poll::Pending
-                    }
-                }) => Err(()),
+                () = self.idle.expired() => Err(()),
                 () = async {
                     match client {
                         Some(client) => client.closed().await,

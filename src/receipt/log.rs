@@ -79,7 +79,6 @@ struct ChainState {
 }
 
 struct Job {
-    seq: u64,
     /// Where the chain stands once this record is durable.
     after: ChainState,
     line: Vec<u8>,
@@ -328,7 +327,6 @@ impl ReceiptLog {
         };
         sender
             .send(Job {
-                seq: receipt.seq,
                 after: after.clone(),
                 line,
                 receipt,
@@ -459,7 +457,7 @@ impl Writer {
 
     fn write_batch(&mut self, batch: &[Job]) -> Result<(), LogError> {
         if self.regular && self.rotate_bytes > 0 {
-            self.rotate_if_needed(batch[0].seq)?;
+            self.rotate_if_needed(batch[0].receipt.seq)?;
         }
         let start = if self.regular {
             self.file
