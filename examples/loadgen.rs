@@ -25,6 +25,12 @@
 //!
 //! The output counts the warm-up requests that succeeded (`warmup_ok`) besides the
 //! measured ones, so that a caller can tell how many tool calls a proxy saw.
+//!
+//! `--trace FILE` (rate mode) writes one CSV line per answered request: when it was
+//! due after the schedule's start, how late it left, its time to first byte and its
+//! latency, all in microseconds, after a comment line giving the schedule's start
+//! by the wall clock and the monotonic clock (to line it up with `perf` records).
+//! It shows whether slow requests come alone or together, as behind a stall.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -48,6 +54,8 @@ struct Args {
     conns: usize,
     duration: Duration,
     timeout: Duration,
+    /// Where to write one line per measured request (rate mode), if anywhere.
+    trace: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -59,6 +67,7 @@ fn parse_args() -> Args {
         conns: 32,
         duration: Duration::from_secs(5),
         timeout: Duration::from_secs(10),
+        trace: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,6 +80,7 @@ fn parse_args() -> Args {
             "--conns" => args.conns = value.parse().unwrap(),
             "--duration" => args.duration = humantime::parse_duration(&value).unwrap(),
             "--timeout" => args.timeout = humantime::parse_duration(&value).unwrap(),
+            "--trace" => args.trace = Some(value),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -317,6 +327,13 @@ struct Recorder {
     /// Events in the last stream.
     events: u64,
     outcome: Outcome,
+    /// Per request, in rate mode: microseconds from the schedule's start to when
+    /// it was due, from due to sent, to its first byte after being sent, and its
+    /// latency.
+    trace: Vec<[u64; 4]>,
+    /// When the schedule started, by the wall clock.
+    start_unix: std::time::SystemTime,
+    start: Option<Instant>,
 }
 
 impl Recorder {
@@ -327,6 +344,9 @@ impl Recorder {
             spread: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(),
             events: 0,
             outcome: Outcome::default(),
+            trace: Vec::new(),
+            start_unix: std::time::SystemTime::UNIX_EPOCH,
+            start: None,
         }
     }
 
@@ -341,6 +361,8 @@ impl Recorder {
 
 /// When a response's bytes came.
 struct Timing {
+    /// When the request left.
+    sent: Instant,
     /// To the first byte.
     ttfb: Duration,
     /// From the first byte to the last.
@@ -408,6 +430,7 @@ async fn one(
     }
     let ttfb = first.unwrap_or(last);
     Ok(Timing {
+        sent,
         ttfb,
         spread: last.saturating_sub(ttfb),
         events: count,
@@ -474,6 +497,9 @@ async fn run(args: Args) -> serde_json::Value {
             // The schedule is kept by a thread of its own: the runtime's timer has
             // a resolution of 1 ms, too coarse for 1,000 requests a second.
             let start = Instant::now() + Duration::from_millis(10);
+            let start_unix = std::time::SystemTime::now() + Duration::from_millis(10);
+            recorder.lock().unwrap().start_unix = start_unix;
+            recorder.lock().unwrap().start = Some(start);
             let (tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
             std::thread::spawn(move || {
                 for i in 0..total {
@@ -507,13 +533,25 @@ async fn run(args: Args) -> serde_json::Value {
                     inflight.clone(),
                 );
                 let timeout = args.timeout;
+                let tracing = args.trace.is_some();
                 tasks.spawn(async move {
                     let result = timed(&client, &url, &body, workload, timeout).await;
                     let done = Instant::now();
                     let mut r = recorder.lock().unwrap();
                     match result {
                         // Measured from when the request was due, not when it left.
-                        Ok(timing) => r.record(done.saturating_duration_since(due), &timing),
+                        Ok(timing) => {
+                            let latency = done.saturating_duration_since(due);
+                            if tracing {
+                                r.trace.push([
+                                    micros(due.saturating_duration_since(start)),
+                                    micros(timing.sent.saturating_duration_since(due)),
+                                    micros(timing.ttfb),
+                                    micros(latency),
+                                ]);
+                            }
+                            r.record(latency, &timing);
+                        }
                         Err(e) => r.outcome.error(e),
                     }
                     inflight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -547,6 +585,20 @@ async fn run(args: Args) -> serde_json::Value {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let r = recorder.lock().unwrap();
+    if let Some(path) = &args.trace {
+        let mut lines = format!(
+            "# schedule start {} us after the Unix epoch, {:?} on the monotonic clock\ndue_us,send_delay_us,ttfb_us,latency_us\n",
+            r.start_unix
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros(),
+            r.start
+        );
+        for [due, delay, ttfb, latency] in &r.trace {
+            lines.push_str(&format!("{due},{delay},{ttfb},{latency}\n"));
+        }
+        std::fs::write(path, lines).unwrap();
+    }
     let q = |h: &Histogram<u64>, p: f64| {
         if h.is_empty() {
             0
