@@ -38,16 +38,8 @@ pub fn inject_tools(request: &mut Value, governed: &[GovernedTool]) -> Result<()
     if governed.is_empty() {
         return Ok(());
     }
+    super::refuse_name_clash(request, |name| governed.iter().any(|g| g.name == name))?;
     let list = super::tools_list(request)?;
-    for tool in list.iter() {
-        let name = tool
-            .pointer("/function/name")
-            .or_else(|| tool.pointer("/custom/name"))
-            .and_then(Value::as_str);
-        if let Some(name) = name.filter(|n| governed.iter().any(|g| g.name == *n)) {
-            return Err(AdapterError::NameClash(name.to_owned()));
-        }
-    }
     for g in governed {
         list.push(json!({
             "type": "function",

@@ -21,6 +21,66 @@ fn tools_list(request: &mut Value) -> Result<&mut Vec<Value>, AdapterError> {
         })
 }
 
+/// Refuses a request that offers the model a tool of its own under a name
+/// `is_governed` claims: a call by that name would be taken for the governed
+/// tool. Every place a client names a tool is looked at, on both surfaces:
+/// Chat's `tools[].function.name` and `tools[].custom.name`, the legacy
+/// `functions[].name`, the Responses API's flat `tools[].name` of a function or
+/// custom tool, and the tools inside a `namespace`.
+pub fn refuse_name_clash(
+    request: &Value,
+    is_governed: impl Fn(&str) -> bool,
+) -> Result<(), AdapterError> {
+    fn names<'a>(tool: &'a Value, out: &mut Vec<&'a str>) {
+        for pointer in ["/function/name", "/custom/name"] {
+            if let Some(name) = tool.pointer(pointer).and_then(Value::as_str) {
+                out.push(name);
+            }
+        }
+        match tool.get("type").and_then(Value::as_str) {
+            Some("function" | "custom") => {
+                if let Some(name) = tool.get("name").and_then(Value::as_str) {
+                    out.push(name);
+                }
+            }
+            Some("namespace") => {
+                for inner in tool
+                    .get("tools")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    names(inner, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    for tool in request
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        names(tool, &mut found);
+    }
+    for function in request
+        .get("functions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = function.get("name").and_then(Value::as_str) {
+            found.push(name);
+        }
+    }
+    match found.into_iter().find(|name| is_governed(name)) {
+        Some(name) => Err(AdapterError::NameClash(name.to_owned())),
+        None => Ok(()),
+    }
+}
+
 pub mod chat;
 pub mod responses;
 
@@ -75,5 +135,43 @@ pub fn add_usage(total: &mut Value, add: &Value) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_governed_name_is_found_wherever_a_client_names_a_tool() {
+        let governed = |name: &str| name == "g__t";
+        for request in [
+            json!({"tools": [{"type": "function", "function": {"name": "g__t"}}]}),
+            json!({"tools": [{"type": "custom", "custom": {"name": "g__t"}}]}),
+            json!({"functions": [{"name": "g__t"}]}),
+            json!({"tools": [{"type": "function", "name": "g__t"}]}),
+            json!({"tools": [{"type": "custom", "name": "g__t"}]}),
+            json!({"tools": [{"type": "namespace", "name": "n", "tools": [{"type": "function", "name": "g__t"}]}]}),
+        ] {
+            assert_eq!(
+                refuse_name_clash(&request, governed),
+                Err(AdapterError::NameClash("g__t".into())),
+                "{request}"
+            );
+        }
+        // Other names, tools without a name, and a namespace's own name pass.
+        let fine = json!({
+            "tools": [
+                {"type": "function", "function": {"name": "mine"}},
+                {"type": "web_search"},
+                {"type": "namespace", "name": "g__t", "tools": [{"type": "function", "name": "other"}]},
+                {"type": "mcp", "server_label": "g__t"}
+            ],
+            "functions": [{"name": "legacy"}]
+        });
+        assert_eq!(refuse_name_clash(&fine, governed), Ok(()));
+        assert_eq!(refuse_name_clash(&json!({"tools": null}), governed), Ok(()));
     }
 }

@@ -102,16 +102,8 @@ pub fn inject_tools(request: &mut Value, governed: &[GovernedTool]) -> Result<()
     if let Some(tools) = request.get_mut("tools").filter(|t| t.is_null()) {
         *tools = Value::Array(Vec::new());
     }
+    super::refuse_name_clash(request, |name| governed.iter().any(|g| g.name == name))?;
     let list = super::tools_list(request)?;
-    for tool in list.iter() {
-        let kind = tool.get("type").and_then(Value::as_str);
-        let name = tool.get("name").and_then(Value::as_str);
-        if let (Some("function" | "custom"), Some(name)) = (kind, name)
-            && governed.iter().any(|g| g.name == name)
-        {
-            return Err(AdapterError::NameClash(name.to_owned()));
-        }
-    }
     for g in governed {
         list.push(json!({
             "type": "function",

@@ -27,6 +27,7 @@ use crate::adapter::chat::{
     self as adapter, AdapterError, GovernedTool, RoundEnd, StreamOutput, StreamRewriter, add_usage,
     chunk_shape, function_message, inject_tools, tool_calls, tool_message, without_calls,
 };
+use crate::adapter::refuse_name_clash;
 use crate::error::ProxyError;
 use crate::kernel::capability::Scope;
 use crate::kernel::policy::Policy;
@@ -229,8 +230,17 @@ impl Governance {
         &self.settings
     }
 
-    fn governed(&self, name: &str) -> Option<&HttpTool> {
+    pub(super) fn governed(&self, name: &str) -> Option<&HttpTool> {
         self.tools.iter().find(|t| t.spec().name == name)
+    }
+
+    /// Whether a request offers the model tools of its own while governed tools
+    /// are configured: then a client tool must not share a governed tool's name,
+    /// whether or not this caller may see that tool (a call by the name would be
+    /// taken for the governed tool's).
+    pub(super) fn names_a_tool(&self, request: &ClientRequest) -> bool {
+        let head = request.head();
+        !self.tools.is_empty() && (head.callable_tools || head.functions)
     }
 
     /// The governed tools this caller may see.
@@ -263,10 +273,14 @@ impl Governance {
         } else {
             self.visible_tools(caller)
         };
-        if visible.is_empty() && self.splice.is_empty() {
+        let clash_possible = self.names_a_tool(request);
+        if visible.is_empty() && self.splice.is_empty() && !clash_possible {
             return Ok(false);
         }
         let tree = request.parsed()?;
+        if clash_possible {
+            refuse_name_clash(tree, |name| self.governed(name).is_some())?;
+        }
         let mut changed = false;
         if let Some(messages) = tree.get_mut("messages").and_then(Value::as_array_mut) {
             changed |= splice_chat(messages, &self.splice, Instant::now(), &caller.agent_id)? > 0;

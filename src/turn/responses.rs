@@ -154,12 +154,17 @@ impl Governance {
                     .filter(|t| t.presented_id == id && t.agent_id == caller.agent_id)
             });
         let visible = self.visible_tools(caller);
-        if continued.is_none() && self.responses.is_empty() && visible.is_empty() {
+        let clash_possible = self.names_a_tool(request);
+        if continued.is_none() && self.responses.is_empty() && visible.is_empty() && !clash_possible
+        {
             return Ok(Echo::default());
         }
         let mut echo = Echo::default();
         let mut changed = false;
         let tree = request.parsed()?;
+        if clash_possible {
+            crate::adapter::refuse_name_clash(tree, |name| self.governed(name).is_some())?;
+        }
         if let Some(turn) = &continued {
             if let Some(upstream_id) = turn
                 .upstream_id

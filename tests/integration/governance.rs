@@ -477,6 +477,29 @@ async fn clashing_names_and_unreadable_bodies_are_400s_and_nothing_goes_upstream
             .unwrap()
             .contains("weather__current")
     );
+    // Every other place a client names a tool: the legacy `functions` list, and
+    // on the Responses API a flat function tool and a tool inside a namespace.
+    let mut legacy = request();
+    legacy.as_object_mut().unwrap().remove("tools");
+    legacy["functions"] = json!([{"name": "weather__current", "parameters": {}}]);
+    let (status, _, body) = g.chat(&legacy).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "tool_name_conflict");
+    for tools in [
+        json!([{"type": "function", "name": "weather__current", "parameters": {}}]),
+        json!([{"type": "namespace", "name": "mine", "description": "d",
+                "tools": [{"type": "function", "name": "weather__current", "parameters": {}}]}]),
+    ] {
+        let response = client()
+            .post(format!("{}/v1/responses", g.proxy.url))
+            .json(&json!({"model": "gpt-4o", "input": "hi", "tools": tools}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "tool_name_conflict", "{body}");
+    }
     let response = client()
         .post(format!("{}/v1/chat/completions", g.proxy.url))
         .body("{not json")
@@ -770,6 +793,23 @@ async fn tokens_mode_refuses_without_a_valid_token_and_bounds_tools_by_scope() {
     assert_eq!(receipts[0]["decision"], "deny");
     assert_eq!(receipts[0]["reason"]["code"], "capability");
     assert_eq!(receipts[1]["decision"], "allow");
+
+    // A client tool named like a governed tool is refused even when this
+    // caller's scope does not reach the governed one: a call by that name would
+    // be taken for it.
+    let mut clash = request();
+    clash["tools"] = json!([{"type": "function", "function": {"name": "weather__current"}}]);
+    let response = http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(token(&gw.key, &["lookup"]))
+        .json(&clash)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "tool_name_conflict");
+    assert_eq!(upstream.received().len(), 1, "nothing more went upstream");
 
     // A wider scope sees the governed tool.
     upstream.push(Reply::json(text("ok").to_string()));
