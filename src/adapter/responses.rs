@@ -865,18 +865,24 @@ impl StreamRewriter {
     }
 
     /// The final terminal event (`kind` `response.completed` or
-    /// `response.incomplete`): the last round's response merged with the first
-    /// round's envelope, every shown item and the summed usage. Call after
-    /// [`Self::end_round`].
-    pub fn final_event(&mut self, kind: &str, last: &Value) -> Bytes {
-        let envelope = self.envelope.clone().unwrap_or_else(|| last.clone());
-        let response = merge_response(
-            &envelope,
+    /// `response.incomplete`) carrying `response`, the object
+    /// [`Self::final_response`] made.
+    pub fn final_event(&mut self, kind: &str, response: Value) -> Bytes {
+        self.own_event(json!({"type": kind, "sequence_number": 0, "response": response}))
+    }
+
+    /// The response object the stream ends with, as the client sees it: the
+    /// first round's envelope, `last`'s state, every item shown, usage summed.
+    pub fn final_response(&self, last: &Value) -> Value {
+        let envelope = self.envelope.as_ref().unwrap_or(last);
+        let mut response = merge_response(
+            envelope,
             last.clone(),
             self.shown.clone(),
             self.usage.clone(),
         );
-        self.own_event(json!({"type": kind, "sequence_number": 0, "response": response}))
+        self.echo.apply(&mut response);
+        response
     }
 
     /// An upstream `response.failed` or `error` event, with the client's numbers
@@ -1171,7 +1177,7 @@ mod tests {
         };
         rw.end_round(terminal.response());
         let last = terminal.response().clone();
-        let final_event = rw.final_event("response.completed", &last);
+        let final_event = rw.final_event("response.completed", rw.final_response(&last));
         let text = std::str::from_utf8(&final_event).unwrap();
         let data: Value =
             serde_json::from_str(text.lines().nth(1).unwrap().strip_prefix("data: ").unwrap())

@@ -1,6 +1,7 @@
 //! The governed endpoints `POST /v1/chat/completions` and `POST /v1/responses`:
 //! the HTTP side of the turn loops in [`crate::turn::chat`] and
-//! [`crate::turn::responses`].
+//! [`crate::turn::responses`]; and `GET /v1/responses/{id}` for a response
+//! tollgate changed, answered from what the client was given.
 //!
 //! The request body is read whole (within the body limit and idle timeout),
 //! read as JSON only as far as governing needs ([`ClientRequest`]), spliced and
@@ -52,6 +53,53 @@ pub fn surface(method: &http::Method, uri: &Uri) -> Option<Surface> {
         "/v1/responses" => Some(Surface::Responses),
         _ => None,
     }
+}
+
+/// The id in `GET /v1/responses/{id}`, if that is what `uri` asks for (not its
+/// `input_items`, nor any other path under it).
+fn fetched_response_id<'a>(method: &http::Method, uri: &'a Uri) -> Option<&'a str> {
+    if method != http::Method::GET {
+        return None;
+    }
+    let id = uri
+        .path()
+        .strip_prefix("/v1/responses/")?
+        .trim_end_matches('/');
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// Answers `GET /v1/responses/{id}` for a response tollgate changed, from what
+/// the client was given: the upstream stores each round under its own id, and
+/// the first round's, the id the client holds, still lists the calls tollgate
+/// hid and the governed tools it added. `None`: the request is not such a fetch
+/// or the response is not remembered, and goes upstream as it is. A fetch that
+/// resumes a stream (`stream=true`) cannot be answered from memory and is
+/// refused rather than relayed.
+pub fn remembered_response(
+    shared: &Shared,
+    method: &http::Method,
+    uri: &Uri,
+) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+    let id = fetched_response_id(method, uri)?;
+    let view = shared.gateway.governance().presented_response(id)?;
+    let streams = uri.query().is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "stream" && v == "true")
+    });
+    if streams {
+        return Some(Err(ProxyError::BadRequest {
+            message: "tollgate changed this response (it decided tool calls in it); it can be fetched whole, not resumed as a stream".into(),
+            code: "unsupported_parameter",
+        }));
+    }
+    let body = Bytes::from(view.to_string());
+    let mut response = Response::new(full(body.clone()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Some(Ok(response))
 }
 
 /// Reads a client's body whole, within the limits, taking its share of the

@@ -81,6 +81,11 @@ async fn route(
         return govern::govern(shared, req, request_id, identity, surface).await;
     }
     let authorization = shared.gateway.relay_authorization(req.headers())?;
+    if shared.config.govern.mode == Mode::Govern
+        && let Some(answer) = govern::remembered_response(shared, req.method(), req.uri())
+    {
+        return answer;
+    }
     forward(shared, req, request_id, authorization).await
 }
 

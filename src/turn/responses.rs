@@ -63,6 +63,10 @@ pub struct ResponsesTurn {
     /// The keys of the items the client was shown (call ids for calls, item ids
     /// otherwise).
     pub shown: Vec<String>,
+    /// The response object as the client was given it, for a client that fetches
+    /// it by id: the upstream holds each round under its own id, and the first
+    /// round's, which the client was given, still lists the calls tollgate hid.
+    pub view: Value,
 }
 
 /// Puts remembered responses back into an `input` list: the items of a
@@ -205,20 +209,32 @@ impl Governance {
         Ok(echo)
     }
 
+    /// The response object a client was given under `id`, when tollgate hid
+    /// something from it and still remembers it: what a client fetching the
+    /// response by id must see, instead of the upstream's first round.
+    pub fn presented_response(&self, id: &str) -> Option<Value> {
+        self.responses
+            .find(id, Instant::now())
+            .filter(|turn| turn.presented_id == id)
+            .map(|turn| turn.view.clone())
+    }
+
     /// Remembers a response something was hidden from, for the client's next
     /// request.
     fn remember_response(
         &self,
         caller: &Caller,
-        presented_id: Option<&str>,
-        last: &Value,
+        upstream_id: Option<&Value>,
         rounds: Rounds,
         shown: &[Value],
         pending: Vec<Value>,
+        view: &Value,
     ) {
         if !rounds.handled_any {
             return;
         }
+        // The id the client was given.
+        let presented_id = view.get("id").and_then(Value::as_str);
         let shown: Vec<String> = shown
             .iter()
             .filter_map(|item| item_key(item).map(str::to_owned))
@@ -232,10 +248,11 @@ impl Governance {
             ResponsesTurn {
                 agent_id: caller.agent_id.clone(),
                 presented_id: presented_id.unwrap_or_default().to_owned(),
-                upstream_id: last.get("id").and_then(Value::as_str).map(str::to_owned),
+                upstream_id: upstream_id.and_then(Value::as_str).map(str::to_owned),
                 items: rounds.items,
                 pending,
                 shown,
+                view: view.clone(),
             },
             Instant::now(),
         );
@@ -321,16 +338,17 @@ impl Governance {
             rounds.items.extend(handled.iter().cloned());
             rounds.handled_any |= !handled.is_empty();
             if handled.is_empty() || !relayed.is_empty() || is_incomplete(&response) {
+                let upstream_id = response.get("id").cloned();
+                let mut merged = merge_response(&envelope, response, shown.clone(), usage);
+                echo.apply(&mut merged);
                 self.remember_response(
                     caller,
-                    envelope["id"].as_str(),
-                    &response,
+                    upstream_id.as_ref(),
                     rounds,
                     &shown,
                     handled,
+                    &merged,
                 );
-                let mut merged = merge_response(&envelope, response, shown, usage);
-                echo.apply(&mut merged);
                 return Ok(Finished {
                     response: merged,
                     rewritten: true,
@@ -350,20 +368,21 @@ impl Governance {
         let item = message_item(&own_message_id(request_id), &message);
         shown.push(item.clone());
         rounds.items.push(without_id(item));
-        self.remember_response(
-            caller,
-            envelope["id"].as_str(),
-            &last,
-            rounds,
-            &shown,
-            pending,
-        );
+        let upstream_id = last.get("id").cloned();
         if let Some(object) = last.as_object_mut() {
             object.insert("status".into(), json!("completed"));
             object.insert("incomplete_details".into(), Value::Null);
         }
-        let mut merged = merge_response(&envelope, last, shown, usage);
+        let mut merged = merge_response(&envelope, last, shown.clone(), usage);
         echo.apply(&mut merged);
+        self.remember_response(
+            caller,
+            upstream_id.as_ref(),
+            rounds,
+            &shown,
+            pending,
+            &merged,
+        );
         Ok(Finished {
             response: merged,
             rewritten: true,
@@ -440,21 +459,21 @@ impl Governance {
             rounds.handled_any |= !handled.is_empty();
             let incomplete = terminal.kind == TerminalKind::Incomplete;
             if handled.is_empty() || relayed > 0 || incomplete {
-                let presented = client.rw.response_id().map(str::to_owned);
+                let view = client.rw.final_response(&response);
                 self.remember_response(
                     caller,
-                    presented.as_deref(),
-                    &response,
+                    response.get("id"),
                     rounds,
                     client.rw.shown(),
                     handled,
+                    &view,
                 );
                 let kind = if incomplete {
                     "response.incomplete"
                 } else {
                     "response.completed"
                 };
-                let bytes = client.rw.final_event(kind, &response);
+                let bytes = client.rw.final_event(kind, view);
                 return client.end(bytes, StreamEnd::Completed).await;
             }
             if round + 1 == self.settings().max_rounds {
@@ -487,19 +506,20 @@ impl Governance {
             }
         }
         rounds.items.push(without_id(message_item(&id, &message)));
-        let presented = client.rw.response_id().map(str::to_owned);
-        self.remember_response(
-            caller,
-            presented.as_deref(),
-            &last,
-            rounds,
-            client.rw.shown(),
-            pending,
-        );
+        let upstream_id = last.get("id").cloned();
         if let Some(object) = last.as_object_mut() {
             object.insert("status".into(), json!("completed"));
         }
-        let bytes = client.rw.final_event("response.completed", &last);
+        let view = client.rw.final_response(&last);
+        self.remember_response(
+            caller,
+            upstream_id.as_ref(),
+            rounds,
+            client.rw.shown(),
+            pending,
+            &view,
+        );
+        let bytes = client.rw.final_event("response.completed", view);
         client.end(bytes, StreamEnd::Completed).await
     }
 
@@ -669,6 +689,7 @@ mod tests {
                 json!({"type": "function_call_output", "call_id": "call_gov", "output": "18C"}),
             ],
             shown: vec!["rs_1".into(), "call_client".into()],
+            view: json!({"id": "resp_1", "object": "response"}),
         }
     }
 

@@ -187,6 +187,95 @@ async fn a_denied_call_is_answered_to_the_model_from_the_stored_response() {
     g.proxy.verify_receipts();
 }
 
+/// `GET /v1/responses/{id}` through the proxy: status, `content-type` and body.
+async fn fetch(g: &Gov, path: &str) -> (StatusCode, String, Value) {
+    let response = client()
+        .get(format!("{}/v1/responses/{path}", g.proxy.url))
+        .bearer_auth("sk-test-key")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    assert!(response.headers().contains_key("x-tollgate-request-id"));
+    let text = response.text().await.unwrap();
+    (
+        status,
+        content_type,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn a_response_fetched_by_id_is_the_one_the_client_was_given() {
+    let g = start(POLICY, "", None).await;
+    script(
+        &g,
+        vec![
+            response("resp_1", vec![call(1, "shell_exec", r#"{"cmd":"ls"}"#)]),
+            response("resp_2", vec![message("msg_2", "I may not run that.")]),
+        ],
+    );
+    let (status, _, given) = post(&g, &request()).await;
+    assert_eq!(status, 200);
+    assert_eq!(g.upstream.received().len(), 2);
+    // The upstream holds `resp_1` as the first round, with the denied call in
+    // it: the fetch is answered from what the client was given instead.
+    let (status, content_type, fetched) = fetch(&g, "resp_1").await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/json");
+    assert_eq!(fetched, given);
+    assert!(!fetched.to_string().contains("shell_exec"));
+    // Resuming it as a stream cannot be answered from memory: refused, never
+    // relayed.
+    let (status, _, refused) = fetch(&g, "resp_1?stream=true&starting_after=3").await;
+    assert_eq!(status, 400);
+    assert_eq!(refused["error"]["code"], "unsupported_parameter");
+    assert_eq!(
+        g.upstream.received().len(),
+        2,
+        "nothing was fetched upstream"
+    );
+    // A response tollgate did not change, and every other path under the id,
+    // are the upstream's own.
+    for path in ["resp_other", "resp_1/input_items"] {
+        g.upstream.push(Reply::json(
+            r#"{"id":"upstream's own","object":"response"}"#,
+        ));
+        let (status, _, relayed) = fetch(&g, path).await;
+        assert_eq!(status, 200);
+        assert_eq!(relayed["id"], "upstream's own");
+        let last = g.upstream.received().pop().unwrap();
+        assert_eq!(last.method, http::Method::GET);
+        assert_eq!(last.target, format!("/v1/responses/{path}"));
+    }
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_streamed_response_fetched_by_id_is_the_one_the_stream_ended_with() {
+    let g = start_with_weather(POLICY).await;
+    let mut r1 = Sse::start("resp_1");
+    let c = r1.call(0, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    let mut r2 = Sse::start("resp_2");
+    let m = r2.message(0, "msg_2", &["18 C in Paris."]);
+    g.upstream.push(Reply::sse(r2.completed("resp_2", vec![m])));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    let given = got.terminal()["response"].clone();
+    assert_eq!(given["id"], "resp_1");
+    let (status, _, fetched) = fetch(&g, "resp_1").await;
+    assert_eq!(status, 200);
+    assert_eq!(fetched, given);
+    assert!(!fetched.to_string().contains("weather__current"));
+    assert_eq!(g.upstream.received().len(), 2);
+}
+
 #[tokio::test]
 async fn a_governed_tool_is_injected_flat_and_run_and_the_client_sees_the_answer() {
     let g = start_with_weather(POLICY).await;
