@@ -7,11 +7,11 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::common::mock::{Reply, StreamFeed};
-use crate::common::{WAIT, client, shared_fixtures};
+use crate::common::mock::{MockUpstream, Reply, StreamFeed};
+use crate::common::{WAIT, client, read_to_end, shared_fixtures};
 use crate::governance::{
     Gov, POLICY, TIGHT_BUDGET, assert_paired, oversized_arguments, request, start,
-    start_with_weather, tool_messages,
+    start_with_weather, tool_messages, weather_tool,
 };
 
 /// One `data:` event of a chunk with this delta and finish reason.
@@ -204,6 +204,21 @@ async fn an_allowed_call_reaches_the_client_whole_with_one_finish() {
     let receipts = g.proxy.receipt_lines();
     assert_eq!(receipts.len(), 1);
     assert_eq!(receipts[0]["decision"], "allow");
+    // The upstream was sent the request once, as the client wrote it (nothing to
+    // splice, no governed tool to inject): its bytes and its key as they came.
+    let received = g.upstream.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].method, "POST");
+    assert_eq!(received[0].target, "/v1/chat/completions");
+    assert_eq!(received[0].headers["authorization"], "Bearer sk-test-key");
+    assert_eq!(received[0].headers["content-type"], "application/json");
+    let mut expected = request();
+    expected["stream"] = json!(true);
+    assert_eq!(
+        received[0].body,
+        serde_json::to_vec(&expected).unwrap(),
+        "the client's body, unchanged"
+    );
     g.proxy.verify_receipts();
 }
 
@@ -628,5 +643,257 @@ async fn a_call_beyond_the_memory_budget_ends_the_stream_and_its_share_comes_bac
     );
     assert_eq!(got.done, 1);
     assert_eq!(g.proxy.receipt_lines().len(), 1);
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_refusal_in_a_governed_stream_reaches_the_client_as_it_arrives() {
+    let g = start(POLICY, "", None).await;
+    // Round 1 is a denied call, so round 2 is rewritten, not passed through.
+    g.upstream
+        .push(Reply::sse(sse_calls(&[("call_x", "shell_exec", &["{}"])])));
+    let feed = g.feed_stream();
+    let mut body = request();
+    body["stream"] = json!(true);
+    let mut response = client()
+        .post(format!("{}/v1/chat/completions", g.proxy.url))
+        .bearer_auth("sk-test-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let refusal = "I can't help with that.";
+    feed.send(chunk(
+        json!({"role": "assistant", "content": null, "refusal": null}),
+        Value::Null,
+    ));
+    feed.send(chunk(json!({"refusal": refusal}), Value::Null));
+    // The refusal reaches the client while the upstream's round is still open.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(refusal) {
+        let piece = tokio::time::timeout(WAIT, response.chunk())
+            .await
+            .expect("the refusal must reach the client before the round ends")
+            .unwrap()
+            .expect("the stream ended before the refusal");
+        seen.extend_from_slice(&piece);
+    }
+    feed.send(chunk(json!({}), json!("stop")));
+    feed.send(Bytes::from_static(DONE));
+    drop(feed);
+    read_to_end(&mut response, &mut seen).await;
+    let got = read_events(String::from_utf8(seen).unwrap());
+    let refusals: Vec<&str> = got
+        .chunks
+        .iter()
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/refusal")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    assert_eq!(refusals, [refusal], "{}", got.raw);
+    assert!(got.calls().is_empty());
+    assert!(!got.raw.contains("call_x"));
+    assert_eq!(got.finishes(), ["stop"]);
+    assert_eq!(got.done, 1);
+    assert!(got.raw.ends_with("data: [DONE]\n\n"));
+    assert!(got.chunks.iter().all(|c| c["id"] == "chatcmpl-s1"));
+    let sent = g.sent();
+    assert_eq!(sent.len(), 2);
+    assert_paired(&sent[1]);
+    assert_eq!(tool_messages(&sent[1])[0].0, "call_x");
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn without_include_usage_a_governed_stream_carries_no_usage_chunk() {
+    // Whether or not the upstream sends a usage chunk anyway, a client that did
+    // not ask for usage gets none: over two rounds (a denied call, then the
+    // answer) and in one round with a relayed call. (With include_usage, the sum
+    // over rounds is a_governed_tool_runs_mid_stream_and_usage_is_summed.)
+    for upstream_usage in [true, false] {
+        let round = |events: Vec<Bytes>| -> Reply {
+            Reply::sse(
+                events
+                    .into_iter()
+                    .filter(|e| upstream_usage || !String::from_utf8_lossy(e).contains("\"usage\""))
+                    .collect(),
+            )
+        };
+        let g = start(POLICY, "", None).await;
+        g.upstream
+            .push(round(sse_calls(&[("call_x", "shell_exec", &["{}"])])));
+        g.upstream.push(round(sse_text(&["Not ", "allowed."])));
+        let got = stream_chat(&g.proxy.url, request()).await;
+        assert_eq!(got.text(), "Not allowed.", "{}", got.raw);
+        assert_eq!(got.finishes(), ["stop"]);
+        assert_eq!(got.done, 1);
+        assert!(got.usage().is_empty(), "{upstream_usage}: {}", got.raw);
+        assert!(!got.raw.contains("usage"), "{upstream_usage}: {}", got.raw);
+        assert_eq!(g.sent().len(), 2);
+
+        g.upstream
+            .push(round(sse_calls(&[("call_a", "lookup", &["{}"])])));
+        let got = stream_chat(&g.proxy.url, request()).await;
+        assert_eq!(got.calls().len(), 1, "{}", got.raw);
+        assert_eq!(got.finishes(), ["tool_calls"]);
+        assert_eq!(got.done, 1);
+        assert!(got.usage().is_empty(), "{upstream_usage}: {}", got.raw);
+        assert!(!got.raw.contains("usage"), "{upstream_usage}: {}", got.raw);
+        g.proxy.verify_receipts();
+    }
+}
+
+#[tokio::test]
+async fn governed_tool_failures_and_timeouts_mid_stream_become_error_outputs() {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::Full {
+        status: 500,
+        headers: vec![],
+        body: "boom".into(),
+    });
+    tool.push(Reply::Hang);
+    let g = start(POLICY, &weather_tool(&tool, 300), None).await;
+    for (id, city, code, answer) in [
+        ("call_1", "Paris", "tool_failed", "It failed."),
+        ("call_2", "Oslo", "tool_timeout", "It timed out."),
+    ] {
+        let arguments = format!("{{\"city\":\"{city}\"}}");
+        g.upstream.push(Reply::sse(sse_calls(&[(
+            id,
+            "weather__current",
+            &[&arguments[..8], &arguments[8..]],
+        )])));
+        g.upstream.push(Reply::sse(sse_text(&[answer])));
+        let got = tokio::time::timeout(WAIT, stream_chat(&g.proxy.url, request()))
+            .await
+            .expect("a failing tool must not hang the stream");
+        // The client's stream ends normally, with the model's final answer.
+        assert!(got.errors().is_empty(), "{}", got.raw);
+        assert!(got.calls().is_empty(), "{}", got.raw);
+        assert!(!got.raw.contains(id));
+        assert_eq!(got.text(), answer);
+        assert_eq!(got.finishes(), ["stop"]);
+        assert_eq!(got.done, 1);
+        assert!(got.raw.ends_with("data: [DONE]\n\n"));
+        // The model got the failure as the call's output.
+        let sent = g.sent();
+        let round2 = sent.last().unwrap();
+        assert_eq!(round2["stream"], true);
+        assert_paired(round2);
+        let answers = tool_messages(round2);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].0, id);
+        let output: Value = serde_json::from_str(&answers[0].1)
+            .unwrap_or_else(|_| panic!("not an error output: {}", answers[0].1));
+        assert_eq!(output["error"]["type"], "tool_error", "{output}");
+        assert_eq!(output["error"]["code"], code, "{output}");
+        assert_eq!(
+            round2["messages"][1]["tool_calls"][0]["function"]["arguments"],
+            arguments.as_str()
+        );
+    }
+    let failed = &tool_messages(&g.sent()[1])[0].1;
+    assert!(failed.contains("500"), "{failed}");
+    let timed_out = &tool_messages(&g.sent()[3])[0].1;
+    assert!(timed_out.contains("300 ms"), "{timed_out}");
+    assert_eq!(tool.received().len(), 2);
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts.len(), 2);
+    assert!(receipts.iter().all(|r| r["decision"] == "allow"));
+    assert!(
+        receipts
+            .iter()
+            .all(|r| r["metadata"]["route"] == "governed")
+    );
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_streamed_follow_up_is_spliced_into_a_complete_conversation() {
+    let g = start_with_weather(POLICY).await;
+    // One call for the client, one governed call tollgate runs.
+    g.upstream.push(Reply::sse(sse_calls(&[
+        ("call_a", "lookup", &["{\"q\":", "\"x\"}"]),
+        ("call_w", "weather__current", &["{\"city\":", "\"Paris\"}"]),
+    ])));
+    let got = stream_chat(&g.proxy.url, request()).await;
+    assert_eq!(
+        got.calls(),
+        [(0, "call_a".into(), "lookup".into(), "{\"q\":\"x\"}".into())]
+    );
+    assert!(!got.raw.contains("call_w") && !got.raw.contains("weather__current"));
+    assert_eq!(got.finishes(), ["tool_calls"]);
+    assert_eq!(got.done, 1);
+
+    // The follow-up streams too, and carries only the client's own call and
+    // result, as an SDK builds them from what it received.
+    let answer = sse_text(&["x found; ", "18 degrees."]);
+    let expected: Vec<u8> = answer.iter().flat_map(|b| b.to_vec()).collect();
+    g.upstream.push(Reply::sse(answer));
+    let tool_calls: Vec<Value> = got
+        .calls()
+        .into_iter()
+        .map(|(_, id, name, arguments)| {
+            json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments}})
+        })
+        .collect();
+    let mut follow_up = request();
+    let messages = follow_up["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": tool_calls}));
+    messages.push(json!({"role": "tool", "tool_call_id": "call_a", "content": "x found"}));
+    let got = stream_chat(&g.proxy.url, follow_up).await;
+    assert_eq!(
+        got.raw.as_bytes(),
+        expected,
+        "an answer without calls keeps its bytes"
+    );
+    assert_eq!(got.text(), "x found; 18 degrees.");
+    assert_eq!(got.finishes(), ["stop"]);
+    assert_eq!(got.done, 1);
+
+    // The upstream's second turn is the whole conversation: the governed call
+    // back in the assistant turn, in the model's order, each call answered.
+    let sent = g.sent();
+    assert_eq!(sent.len(), 2);
+    let turn2 = &sent[1];
+    assert_eq!(turn2["stream"], true);
+    assert_paired(turn2);
+    let messages = turn2["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "tool"]);
+    let calls: Vec<(&str, &str, &str)> = messages[1]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap(),
+                c["function"]["name"].as_str().unwrap(),
+                c["function"]["arguments"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("call_a", "lookup", "{\"q\":\"x\"}"),
+            ("call_w", "weather__current", "{\"city\":\"Paris\"}")
+        ]
+    );
+    assert_eq!(
+        tool_messages(turn2),
+        [
+            ("call_a".to_owned(), "x found".to_owned()),
+            ("call_w".to_owned(), "{\"temp_c\":18}".to_owned())
+        ]
+    );
+    // The governed tool ran once, in the first turn; nothing new was decided.
+    assert_eq!(g.tool.as_ref().unwrap().received().len(), 1);
+    assert_eq!(g.proxy.receipt_lines().len(), 2);
     g.proxy.verify_receipts();
 }

@@ -223,6 +223,19 @@ async fn an_allowed_client_call_reaches_the_client_with_its_receipt() {
     assert!(agent.starts_with("key:") && agent.len() == 20, "{agent}");
     let log = std::fs::read_to_string(&g.proxy.receipts).unwrap();
     assert!(!log.contains("sk-test-key"));
+    // The upstream was sent the request once, as the client wrote it: nothing to
+    // splice and no governed tool to inject, so its bytes and its key go as they came.
+    let received = g.upstream.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].method, "POST");
+    assert_eq!(received[0].target, "/v1/chat/completions");
+    assert_eq!(received[0].headers["authorization"], "Bearer sk-test-key");
+    assert_eq!(received[0].headers["content-type"], "application/json");
+    assert_eq!(
+        received[0].body,
+        serde_json::to_vec(&request()).unwrap(),
+        "the client's body, unchanged"
+    );
     g.proxy.verify_receipts();
 }
 
@@ -330,11 +343,19 @@ async fn governed_tool_failures_and_timeouts_become_error_outputs() {
         calls(&[("call_3", "weather__current", r#"{"town":"Oslo"}"#)]),
         text("Bad arguments."),
     ]);
-    for expected in ["tool_failed", "tool_timeout", "invalid_arguments"] {
-        let (status, _, _) = tokio::time::timeout(WAIT, g.chat(&request()))
+    for (expected, final_text) in [
+        ("tool_failed", "It failed."),
+        ("tool_timeout", "It timed out."),
+        ("invalid_arguments", "Bad arguments."),
+    ] {
+        let (status, _, out) = tokio::time::timeout(WAIT, g.chat(&request()))
             .await
             .expect("a failing tool must not hang the request");
         assert_eq!(status, 200);
+        // The client gets the model's final answer, and no call.
+        assert_eq!(out["choices"][0]["message"]["content"], final_text, "{out}");
+        assert!(out["choices"][0]["message"].get("tool_calls").is_none());
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
         let sent = g.sent();
         let answer = &tool_messages(sent.last().unwrap())[0].1;
         assert!(answer.contains(expected), "{expected}: {answer}");
@@ -639,6 +660,150 @@ async fn an_approval_goes_from_pending_to_approved_to_consumed() {
     g.proxy.verify_receipts();
 }
 
+/// A call to `deploy` with these arguments, which the policy makes wait for approval.
+fn deploy_to(env: &str) -> Value {
+    calls(&[("call_d", "deploy", &format!("{{\"env\":\"{env}\"}}"))])
+}
+
+/// Sends `deploy_to(env)` then `reply`; returns the refusal the model was sent.
+async fn deploy_refused(g: &Gov, env: &str, reply: &str) -> Value {
+    g.script(vec![deploy_to(env), text(reply)]);
+    let (status, _, out) = g.chat(&request()).await;
+    assert_eq!(status, 200);
+    assert_eq!(out["choices"][0]["message"]["content"], reply);
+    assert!(
+        out["choices"][0]["message"].get("tool_calls").is_none(),
+        "the call never reaches the client: {out}"
+    );
+    let sent = g.sent();
+    let round2 = sent.last().unwrap();
+    assert_paired(round2);
+    let answers = tool_messages(round2);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].0, "call_d");
+    serde_json::from_str(&answers[0].1).unwrap()
+}
+
+// The command line is run synchronously while the server in this process answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_approval_denies_the_same_call_again_by_api_and_command_line() {
+    let g = start(POLICY, &format!("admin_token = {ADMIN_TOKEN:?}"), None).await;
+    let http = client();
+    let settle = |id: &str, verb: &str, token: &str| {
+        http.post(format!("{}/tollgate/approvals/{id}/{verb}", g.proxy.url))
+            .bearer_auth(token)
+            .send()
+    };
+
+    // Over the admin API.
+    let pending = deploy_refused(&g, "prod", "Waiting for approval.").await;
+    assert_eq!(pending["error"]["code"], "approval_pending");
+    let first = pending["error"]["approval_id"].as_str().unwrap().to_owned();
+    let response = settle(&first, "reject", "wrong-token-0123456789")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = settle(&first, "reject", ADMIN_TOKEN).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let settled: Value = response.json().await.unwrap();
+    assert_eq!(settled["id"], first.as_str());
+    assert_eq!(settled["state"], "rejected");
+    // A rejected request cannot be approved afterwards.
+    let response = settle(&first, "approve", ADMIN_TOKEN).await.unwrap();
+    assert_eq!(response.status(), 409);
+    // The same call again is denied, citing the rejection; it does not run.
+    let denied = deploy_refused(&g, "prod", "The operator said no.").await;
+    assert_eq!(denied["error"]["type"], "tool_call_denied");
+    assert_eq!(denied["error"]["code"], "approval_rejected");
+    assert!(
+        denied["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&first)
+    );
+
+    // With the command line: another call (other arguments) is another request.
+    let pending = deploy_refused(&g, "staging", "Waiting again.").await;
+    assert_eq!(pending["error"]["code"], "approval_pending");
+    let second = pending["error"]["approval_id"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run_binary(
+        &["approvals", "reject", &second, "--url", &g.proxy.url],
+        dir.path(),
+        &[("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    assert!(code.success(), "{err}");
+    assert_eq!(out.trim(), format!("{second}: rejected"));
+    for _ in 0..2 {
+        let denied = deploy_refused(&g, "staging", "Still refused.").await;
+        assert_eq!(denied["error"]["code"], "approval_rejected");
+        assert!(
+            denied["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&second)
+        );
+    }
+
+    // The receipts: each request pending, its rejection, then denials.
+    let receipts = g.proxy.receipt_lines();
+    let seen: Vec<(&str, &str)> = receipts
+        .iter()
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap(),
+                r["reason"]["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("pending", "approval_pending"),
+            ("system", "approval_rejected"),
+            ("deny", "approval_rejected"),
+            ("pending", "approval_pending"),
+            ("system", "approval_rejected"),
+            ("deny", "approval_rejected"),
+            ("deny", "approval_rejected"),
+        ]
+    );
+    for (at, id) in [
+        (0, &first),
+        (1, &first),
+        (2, &first),
+        (3, &second),
+        (4, &second),
+        (5, &second),
+        (6, &second),
+    ] {
+        assert_eq!(receipts[at]["metadata"]["approval_id"], id.as_str(), "{at}");
+    }
+    assert_eq!(receipts[2]["action"]["tool_name"], "deploy");
+    // Neither request was consumed.
+    let listed: Value = http
+        .get(format!("{}/tollgate/approvals", g.proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let states: Vec<(&str, &str)> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [(second.as_str(), "rejected"), (first.as_str(), "rejected")]
+    );
+    g.proxy.verify_receipts();
+}
+
 #[tokio::test]
 async fn the_approvals_api_is_off_without_an_admin_token() {
     let g = start(POLICY, "", None).await;
@@ -836,6 +1001,120 @@ async fn tokens_mode_refuses_without_a_valid_token_and_bounds_tools_by_scope() {
     assert!(!log.contains("sk-upstream-secret"));
     gw.binary.signal("TERM");
     assert!(gw.binary.wait_exit().success());
+}
+
+#[tokio::test]
+async fn serve_flags_set_auth_upstream_key_and_max_rounds_over_the_file() {
+    // The real binary, with `--auth tokens --upstream-key-env NAME --max-rounds 1`
+    // on the command line and other values for the same keys in tollgate.toml:
+    // the flags win (flag, then variable, then file).
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = tollgate::keys::generate().unwrap();
+    tollgate::keys::write_signing(&dir.path().join("issuer.pem"), &key, false).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("tollgate.toml"),
+        "auth = \"passthrough\"\nupstream_key_env = \"TG_TEST_FILE_KEY\"\nmax_rounds = 4\npolicy = \"policy.yaml\"\nsigning_key = \"issuer.pem\"\nreceipts = \"receipts.jsonl\"\n",
+    )
+    .unwrap();
+    let mut binary = Binary::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.url(),
+            "--auth",
+            "tokens",
+            "--upstream-key-env",
+            "TG_TEST_FLAG_KEY",
+            "--max-rounds",
+            "1",
+        ],
+        dir.path(),
+        &[
+            ("TG_TEST_FLAG_KEY", "sk-upstream-from-flag"),
+            ("TG_TEST_FILE_KEY", "sk-upstream-from-file"),
+        ],
+    );
+    let url = binary.wait_listening();
+    let http = client();
+    let post = |auth: Option<&str>| {
+        let mut r = http
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&request());
+        if let Some(a) = auth {
+            r = r.bearer_auth(a);
+        }
+        r.send()
+    };
+
+    // `--auth tokens`: no token, or a client's own key (which passthrough would
+    // forward), is a 401 and nothing goes upstream.
+    for auth in [None, Some("sk-proj-client-key")] {
+        let response = post(auth).await.unwrap();
+        assert_eq!(response.status(), 401, "{auth:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(body["error"]["code"].as_str().unwrap().ends_with("api_key"));
+    }
+    assert!(
+        upstream.received().is_empty(),
+        "no upstream call without a token"
+    );
+
+    // `--max-rounds 1`: a model that keeps calling a denied tool is stopped after
+    // one round (the file's 4 would have used every queued answer).
+    for n in 0..4 {
+        upstream.push(Reply::json(
+            calls(&[(&format!("call_{n}"), "shell_exec", "{}")]).to_string(),
+        ));
+    }
+    let valid = token(&key, &["lookup", "shell_exec"]);
+    let response = post(Some(valid.as_str())).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let out: Value = response.json().await.unwrap();
+    let content = out["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("after 1 rounds"), "{content}");
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    assert!(out["choices"][0]["message"].get("tool_calls").is_none());
+    let received = upstream.received();
+    assert_eq!(received.len(), 1, "one round only");
+    // `--upstream-key-env`: tollgate's own key, from the variable the flag names.
+    assert_eq!(
+        received[0].headers["authorization"],
+        "Bearer sk-upstream-from-flag"
+    );
+
+    let receipts: Vec<Value> = std::fs::read_to_string(dir.path().join("receipts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(receipts.len(), 2);
+    assert_eq!(receipts[0]["agent_id"], "agent-7");
+    assert_eq!(receipts[0]["decision"], "deny");
+    assert_eq!(receipts[0]["action"]["tool_call_id"], "call_0");
+    assert_eq!(receipts[1]["decision"], "deny");
+    assert_eq!(receipts[1]["reason"]["code"], "max_rounds");
+    assert_eq!(receipts[1]["metadata"]["rounds"], 1);
+    let (code, out, err) = run_binary(
+        &[
+            "receipts",
+            "verify",
+            "receipts.jsonl",
+            "--public-key",
+            "issuer.pem",
+        ],
+        dir.path(),
+        &[],
+    );
+    assert!(code.success(), "{out}{err}");
+    let log = std::fs::read_to_string(dir.path().join("receipts.jsonl")).unwrap();
+    assert!(!log.contains("sk-upstream-from"));
+    binary.signal("TERM");
+    assert!(binary.wait_exit().success());
 }
 
 /// A turn on the legacy `functions` API: one `function_call`, no id.
