@@ -401,6 +401,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_MAX_ROUNDS")]
     pub max_rounds: Option<u32>,
 
+    /// How long a turn tollgate changed is remembered, so that the client's
+    /// follow-up (its tool results, a `previous_response_id`, a fetch by id) finds
+    /// it [default: 1h].
+    #[arg(long, env = "TOLLGATE_REMEMBER_FOR", value_parser = parse_duration)]
+    pub remember_for: Option<Duration>,
+
+    /// Most turns remembered at once on each surface; past it the oldest is
+    /// forgotten [default: 10000].
+    #[arg(long, env = "TOLLGATE_REMEMBER_TURNS")]
+    pub remember_turns: Option<usize>,
+
     /// The bearer token of the approvals admin API; without one, that API is off.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -84,6 +84,8 @@ pub struct RawConfig {
     token_audience: Option<String>,
     revoked_tokens: Option<PathBuf>,
     max_rounds: Option<u32>,
+    remember_for: Option<String>,
+    remember_turns: Option<usize>,
     admin_token: Option<String>,
     server_id: Option<String>,
     #[serde(default)]
@@ -194,6 +196,10 @@ pub struct GovernConfig {
     pub revoked_tokens: Option<PathBuf>,
     /// Most upstream rounds per client request.
     pub max_rounds: u32,
+    /// How long a changed turn is remembered for the client's follow-up.
+    pub remember_for: Duration,
+    /// Most turns remembered at once on each surface.
+    pub remember_turns: usize,
     /// The admin API's bearer token; the approvals API is off without one.
     pub admin_token: Option<Secret>,
     /// This gateway's id, in receipts.
@@ -215,6 +221,8 @@ impl Default for GovernConfig {
             token_audience: "tollgate".into(),
             revoked_tokens: None,
             max_rounds: DEFAULT_MAX_ROUNDS,
+            remember_for: Duration::from_secs(3600),
+            remember_turns: 10_000,
             admin_token: None,
             server_id: "tollgate".into(),
             http_tools: Vec::new(),
@@ -352,6 +360,8 @@ impl Config {
             token_audience: raw.token_audience,
             revoked_tokens: raw.revoked_tokens,
             max_rounds: raw.max_rounds,
+            remember_for: raw.remember_for,
+            remember_turns: raw.remember_turns,
             admin_token: raw.admin_token,
             server_id: raw.server_id,
             tools: raw.tools,
@@ -489,10 +499,17 @@ struct RawGovern {
     token_audience: Option<String>,
     revoked_tokens: Option<PathBuf>,
     max_rounds: Option<u32>,
+    remember_for: Option<String>,
+    remember_turns: Option<usize>,
     admin_token: Option<String>,
     server_id: Option<String>,
     tools: ToolsSection,
 }
+
+/// The longest a changed turn may be remembered.
+const MAX_REMEMBER_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most turns a surface may remember.
+const MAX_REMEMBER_TURNS: usize = 1_000_000;
 
 fn resolve_govern(
     args: &ServeArgs,
@@ -514,6 +531,22 @@ fn resolve_govern(
     let max_rounds = args.max_rounds.or(raw.max_rounds).unwrap_or(d.max_rounds);
     if !(1..=64).contains(&max_rounds) {
         return Err(invalid("max_rounds", "must be between 1 and 64"));
+    }
+    let remember_for = duration(
+        "remember_for",
+        args.remember_for,
+        raw.remember_for,
+        d.remember_for,
+    )?;
+    if remember_for > MAX_REMEMBER_FOR {
+        return Err(invalid("remember_for", "must be at most 7 days"));
+    }
+    let remember_turns = args
+        .remember_turns
+        .or(raw.remember_turns)
+        .unwrap_or(d.remember_turns);
+    if !(1..=MAX_REMEMBER_TURNS).contains(&remember_turns) {
+        return Err(invalid("remember_turns", "must be between 1 and 1000000"));
     }
     let upstream_key_env = args
         .upstream_key_env
@@ -582,6 +615,8 @@ fn resolve_govern(
             .clone()
             .or(raw.revoked_tokens.map(in_file)),
         max_rounds,
+        remember_for,
+        remember_turns,
         admin_token: admin_token.map(Secret),
         server_id,
         http_tools: raw.tools.http,
@@ -693,6 +728,31 @@ mod tests {
     }
 
     #[test]
+    fn how_long_and_how_many_turns_are_remembered() {
+        let d = resolve(ServeArgs::default(), "").unwrap().govern;
+        assert_eq!(
+            (d.remember_for, d.remember_turns),
+            (Duration::from_secs(3600), 10_000)
+        );
+        let file = "remember_for = \"2h\"\nremember_turns = 5\n";
+        let f = resolve(ServeArgs::default(), file).unwrap().govern;
+        assert_eq!(
+            (f.remember_for, f.remember_turns),
+            (Duration::from_secs(7200), 5)
+        );
+        let flags = ServeArgs {
+            remember_for: Some(Duration::from_secs(60)),
+            remember_turns: Some(7),
+            ..ServeArgs::default()
+        };
+        let over = resolve(flags, file).unwrap().govern;
+        assert_eq!(
+            (over.remember_for, over.remember_turns),
+            (Duration::from_secs(60), 7)
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = resolve(ServeArgs::default(), "listne = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.to_string().contains("listne"), "{err}");
@@ -722,6 +782,10 @@ mod tests {
             ("max_body_bytes = 0", "max_body_bytes"),
             ("max_governed_bytes = 1048576", "max_governed_bytes"),
             ("max_headers = 2", "max_headers"),
+            ("remember_for = \"0s\"", "remember_for"),
+            ("remember_for = \"8d\"", "remember_for"),
+            ("remember_turns = 0", "remember_turns"),
+            ("max_rounds = 65", "max_rounds"),
             ("tls_cert = \"a.pem\"", "tls_key"),
         ] {
             match resolve(ServeArgs::default(), file) {

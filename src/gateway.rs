@@ -234,7 +234,8 @@ impl Gateway {
             Settings {
                 max_rounds: config.max_rounds,
                 server_id: config.server_id.clone(),
-                ..Settings::default()
+                splice_turns: config.remember_turns,
+                splice_ttl: config.remember_for,
             },
         )
         .map_err(GatewayError::Config)?;

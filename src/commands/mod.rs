@@ -239,6 +239,12 @@ fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
         }
     )?;
     writeln!(out, "  max rounds:    {}", govern.max_rounds)?;
+    writeln!(
+        out,
+        "  remembers:     {} turns for {}",
+        govern.remember_turns,
+        humantime::format_duration(govern.remember_for)
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

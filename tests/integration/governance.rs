@@ -418,6 +418,44 @@ async fn parallel_calls_with_one_denied_then_the_follow_up_is_spliced() {
 }
 
 #[tokio::test]
+async fn past_remember_turns_the_oldest_turn_is_forgotten() {
+    let g = start(POLICY, "remember_turns = 1", None).await;
+    g.script(vec![
+        calls(&[("call_a", "lookup", "{}"), ("call_b", "shell_exec", "{}")]),
+        calls(&[("call_c", "lookup", "{}"), ("call_d", "shell_exec", "{}")]),
+        text("First."),
+        text("Second."),
+    ]);
+    let (_, _, first) = g.chat(&request()).await;
+    let (_, _, second) = g.chat(&request()).await;
+    let follow_up = |out: &Value, id: &str| {
+        let mut body = request();
+        let messages = body["messages"].as_array_mut().unwrap();
+        messages.push(out["choices"][0]["message"].clone());
+        messages.push(json!({"role": "tool", "tool_call_id": id, "content": "done"}));
+        body
+    };
+    // The second turn took the only place: the first one's follow-up goes
+    // upstream as the client sent it, the second one's is completed.
+    let (status, _, _) = g.chat(&follow_up(&first, "call_a")).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = g.chat(&follow_up(&second, "call_c")).await;
+    assert_eq!(status, 200);
+    let sent = g.sent();
+    assert_eq!(sent.len(), 4);
+    let ids = |request: &Value| -> Vec<String> {
+        tool_messages(request)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    assert_eq!(ids(&sent[2]), ["call_a"]);
+    assert_eq!(ids(&sent[3]), ["call_c", "call_d"]);
+    assert_paired(&sent[3]);
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
 async fn a_follow_up_missing_a_result_of_a_remembered_turn_is_a_400() {
     let g = start(POLICY, "", None).await;
     g.script(vec![calls(&[
