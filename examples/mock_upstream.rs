@@ -18,6 +18,9 @@
 //! - `POST /v1/chat/completions` and `POST /v1/responses` with the model
 //!   `mock-agent`, plain or streaming: a deterministic stand-in for a model that
 //!   uses tools (see below).
+//! - `GET /v1/responses/{id}`: a response of the `mock-agent` model that was
+//!   stored, exactly as the mock returned it (the `response.completed` object of
+//!   a stream); an id it did not store is 404 in OpenAI's error shape.
 //! - Anything else: 404 in OpenAI's error shape.
 //!
 //! # The `mock-agent` model
@@ -55,7 +58,8 @@
 //! call …`, `No tool call found for function call output …`), and, when the
 //! request sets `reasoning`, a `reasoning` item with `encrypted_content` before
 //! the answer, which every call made after it needs replayed before it (the
-//! API's "provided without its required 'reasoning' item"). Ids are
+//! API's "provided without its required 'reasoning' item"). A stored response
+//! can be fetched back with `GET /v1/responses/{id}`, as the API allows. Ids are
 //! `resp_mockagent<n>`, `msg_mockagent<n>`, `rs_mockagent<n>`, `fc_mockagent<c>`
 //! and `call_<index>_<c>`; usage is 10 input and 5 output tokens per answer.
 //!
@@ -666,6 +670,10 @@ fn responses(request: &Recorded, body: &Value) -> Reply {
 /// whole conversation up to and including its output, for `previous_response_id`.
 static STORED: Mutex<Vec<(String, Vec<Value>)>> = Mutex::new(Vec::new());
 
+/// The response objects of the `mock-agent` model that were stored, by id, as
+/// they were returned, for `GET /v1/responses/{id}`.
+static RESPONSE_OBJECTS: Mutex<Vec<(String, Value)>> = Mutex::new(Vec::new());
+
 /// The reasoning item each `mock-agent` function call belongs to, by call item id.
 static REASONING_OF: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
@@ -841,9 +849,28 @@ fn agent_responses(request: &Recorded, body: &Value) -> Reply {
             "tools": body.get("tools").cloned().unwrap_or(json!([])), "top_p": 1.0,
             "truncation": "disabled", "usage": usage, "metadata": {}})
     };
+    if body["store"] != json!(false) {
+        let object = response("completed", json!(output), usage.clone());
+        RESPONSE_OBJECTS.lock().unwrap().push((id.clone(), object));
+    }
     responses_reply(request, body, response, &output, usage, |text| {
         text.split_inclusive(' ').map(str::to_owned).collect()
     })
+}
+
+/// `GET /v1/responses/{id}`: a stored `mock-agent` response as it was returned,
+/// or the API's 404.
+fn stored_response(id: &str) -> Reply {
+    let stored = RESPONSE_OBJECTS.lock().unwrap();
+    match stored.iter().find(|(stored_id, _)| stored_id == id) {
+        Some((_, object)) => json_reply(200, object.clone()),
+        None => error_reply(
+            404,
+            &format!("No response found with id '{id}'."),
+            "invalid_request_error",
+            Value::Null,
+        ),
+    }
 }
 
 fn respond(request: &Recorded) -> Reply {
@@ -880,6 +907,13 @@ fn respond(request: &Recorded) -> Reply {
         ("POST", "/v1/chat/completions") => chat(request, &body),
         ("POST", "/v1/responses") if model == "mock-agent" => agent_responses(request, &body),
         ("POST", "/v1/responses") => responses(request, &body),
+        ("GET", path)
+            if path
+                .strip_prefix("/v1/responses/")
+                .is_some_and(|id| !id.is_empty() && !id.contains('/')) =>
+        {
+            stored_response(&path["/v1/responses/".len()..])
+        }
         _ => error_reply(
             404,
             &format!("Invalid URL ({} {path})", request.method),

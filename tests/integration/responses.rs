@@ -10,9 +10,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::mock::{MockUpstream, Reply};
-use crate::common::{WAIT, client, read_to_end, shared_fixtures};
+use crate::common::{Binary, WAIT, client, read_to_end, run_binary, shared_fixtures};
 use crate::governance::{
-    Gov, POLICY, TIGHT_BUDGET, oversized_arguments, start, start_with_weather,
+    ADMIN_TOKEN, Gov, POLICY, TIGHT_BUDGET, oversized_arguments, start, start_with_weather,
+    weather_tool,
 };
 
 /// A function call item.
@@ -1265,4 +1266,712 @@ async fn events_held_behind_a_call_beyond_the_memory_budget_fail_the_stream() {
     assert_eq!(done["response"]["output"], json!([c]));
     assert_eq!(g.proxy.receipt_lines().len(), 1);
     g.proxy.verify_receipts();
+}
+
+// ----- how a round's stream may end: failed, error, incomplete -----
+
+impl Sse {
+    /// Ends the round with a terminal event of `kind` carrying `response`.
+    fn end(mut self, kind: &str, response: Value) -> Vec<Bytes> {
+        self.push(kind, json!({"response": response}));
+        self.events
+    }
+
+    /// Ends the round with an `error` event (no response object).
+    fn error(mut self, code: &str, message: &str) -> Vec<Bytes> {
+        self.push(
+            "error",
+            json!({"code": code, "message": message, "param": null}),
+        );
+        self.events
+    }
+}
+
+/// A `response.failed` object of the upstream's: this id and output, the
+/// upstream's `server_error`.
+fn failed(id: &str, output: Vec<Value>) -> Value {
+    let mut r = response(id, output);
+    r["status"] = json!("failed");
+    r["error"] = json!({"code": "server_error", "message": "The model broke down."});
+    r
+}
+
+/// A `response.incomplete` object: cut short by `max_output_tokens`.
+fn incomplete(id: &str, output: Vec<Value>) -> Value {
+    let mut r = response(id, output);
+    r["status"] = json!("incomplete");
+    r["incomplete_details"] = json!({"reason": "max_output_tokens"});
+    r
+}
+
+/// Asserts that nothing of the weather call `call_{n}` reached the client.
+fn assert_hidden(got: &Events, n: u32) {
+    assert!(
+        !got.raw.contains(&format!("call_{n}\"")) && !got.raw.contains(&format!("fc_{n}\"")),
+        "a handled call leaked: {}",
+        got.raw
+    );
+    assert!(!got.raw.contains("weather__current"), "{}", got.raw);
+    assert!(
+        !got.raw.contains("Paris"),
+        "its arguments leaked: {}",
+        got.raw
+    );
+}
+
+#[tokio::test]
+async fn a_round_that_fails_upstream_ends_the_client_stream_with_that_failure() {
+    // Round 1 fails after its governed call was decided and run.
+    let g = start_with_weather(POLICY).await;
+    let mut r1 = Sse::start("resp_1");
+    let m = r1.message(0, "msg_1", &["Checking."]);
+    r1.call(1, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    g.upstream.push(Reply::sse(
+        r1.end("response.failed", failed("resp_1", vec![m.clone()])),
+    ));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert_hidden(&got, 1);
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.failed");
+    // The upstream's own failure, renumbered, under the client's id.
+    assert_eq!(done["response"]["id"], "resp_1");
+    assert_eq!(done["response"]["status"], "failed");
+    assert_eq!(
+        done["response"]["error"],
+        json!({"code": "server_error", "message": "The model broke down."})
+    );
+    assert_eq!(
+        got.of("response.output_text.delta")[0]["delta"],
+        "Checking."
+    );
+    assert_eq!(
+        g.upstream.received().len(),
+        1,
+        "a failed round is not continued"
+    );
+    assert_eq!(g.tool.as_ref().unwrap().received().len(), 1);
+    let receipts = g.proxy.receipt_lines();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0]["decision"], "allow");
+    g.proxy.verify_receipts();
+
+    // Round 2 fails after round 1's only call was handled: the client's stream
+    // goes on into round 2 and ends with round 2's failure, renumbered, under
+    // the first round's id.
+    let g = start_with_weather(POLICY).await;
+    let mut r1 = Sse::start("resp_1");
+    let m = r1.message(0, "msg_1", &["Checking."]);
+    let c = r1.call(1, 1, "weather__current", &["{\"city\"", ":\"Paris\"}"]);
+    g.upstream
+        .push(Reply::sse(r1.completed("resp_1", vec![m, c])));
+    let mut r2 = Sse::start("resp_2");
+    r2.push("response.output_item.added", json!({"output_index": 0,
+        "item": {"id": "msg_2", "type": "message", "status": "in_progress", "role": "assistant", "content": []}}));
+    r2.push(
+        "response.output_text.delta",
+        json!({"item_id": "msg_2", "output_index": 0, "content_index": 0, "delta": "18 C"}),
+    );
+    g.upstream.push(Reply::sse(
+        r2.end("response.failed", failed("resp_2", vec![])),
+    ));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert_hidden(&got, 1);
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.failed");
+    assert_eq!(done["response"]["id"], "resp_1");
+    assert_eq!(done["response"]["error"]["code"], "server_error");
+    assert_eq!(got.of("response.created").len(), 1);
+    let deltas = got.of("response.output_text.delta");
+    assert_eq!(deltas[1]["delta"], "18 C");
+    assert_eq!(deltas[1]["output_index"], 1);
+    let sent = g.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1]["previous_response_id"], "resp_1");
+    assert_eq!(
+        outputs(&sent[1]),
+        [("call_1".into(), r#"{"temp_c":18}"#.into())]
+    );
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn an_error_event_mid_stream_is_passed_on_then_the_stream_fails() {
+    // Round 1 is handled; round 2 breaks off with `error` in the middle of its
+    // message: the client gets the error, then one `response.failed` of
+    // tollgate's own under its id, with what it was shown and the usage so far.
+    let g = start_with_weather(POLICY).await;
+    let mut r1 = Sse::start("resp_1");
+    let c = r1.call(0, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    let mut r2 = Sse::start("resp_2");
+    r2.push("response.output_item.added", json!({"output_index": 0,
+        "item": {"id": "msg_2", "type": "message", "status": "in_progress", "role": "assistant", "content": []}}));
+    r2.push(
+        "response.output_text.delta",
+        json!({"item_id": "msg_2", "output_index": 0, "content_index": 0, "delta": "18 C"}),
+    );
+    g.upstream.push(Reply::sse(
+        r2.error("server_error", "The server had an error."),
+    ));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert_hidden(&got, 1);
+    let kinds: Vec<&str> = got.events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["error", "response.failed"],
+        "{}",
+        got.raw
+    );
+    let error = got.of("error")[0];
+    assert_eq!(error["code"], "server_error");
+    assert_eq!(error["message"], "The server had an error.");
+    let done = got.terminal();
+    assert_eq!(done["response"]["id"], "resp_1");
+    assert_eq!(done["response"]["status"], "failed");
+    assert_eq!(
+        done["response"]["error"]["code"],
+        "upstream_stream_interrupted"
+    );
+    assert_eq!(
+        done["response"]["error"]["message"],
+        "The server had an error."
+    );
+    assert_eq!(done["response"]["output"], json!([]));
+    assert_eq!(done["response"]["usage"]["total_tokens"], 15);
+    assert_eq!(g.upstream.received().len(), 2);
+    g.proxy.verify_receipts();
+
+    // `error` while a call's events are held: the call is never released.
+    let g = start(POLICY, "", None).await;
+    let mut r1 = Sse::start("resp_1");
+    r1.message(0, "msg_1", &["Looking."]);
+    let mut added = call(1, "lookup", "");
+    added["status"] = json!("in_progress");
+    r1.push(
+        "response.output_item.added",
+        json!({"output_index": 1, "item": added}),
+    );
+    r1.push(
+        "response.function_call_arguments.delta",
+        json!({"item_id": "fc_1", "output_index": 1, "delta": "{\"q\":\"secret"}),
+    );
+    g.upstream.push(Reply::sse(
+        r1.error("server_error", "The server had an error."),
+    ));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert!(!got.raw.contains("call_1") && !got.raw.contains("secret"));
+    assert!(got.of("response.function_call_arguments.delta").is_empty());
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.failed");
+    assert_eq!(done["response"]["id"], "resp_1");
+    assert_eq!(got.of("response.output_text.delta")[0]["delta"], "Looking.");
+    assert!(g.proxy.receipt_lines().is_empty(), "nothing was decided");
+}
+
+#[tokio::test]
+async fn a_round_that_ends_incomplete_ends_the_client_stream_incomplete() {
+    // Round 1 is cut short after its governed call ran: tollgate does not go on
+    // (the answer was cut short), the client gets `response.incomplete` with what
+    // it may see, and the call's output is kept for the client's next request.
+    let g = start_with_weather(POLICY).await;
+    let mut r1 = Sse::start("resp_1");
+    let m = r1.message(0, "msg_1", &["Checking."]);
+    let c = r1.call(1, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    g.upstream.push(Reply::sse(r1.end(
+        "response.incomplete",
+        incomplete("resp_1", vec![m.clone(), c]),
+    )));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert_hidden(&got, 1);
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.incomplete");
+    assert_eq!(done["response"]["id"], "resp_1");
+    assert_eq!(done["response"]["status"], "incomplete");
+    assert_eq!(
+        done["response"]["incomplete_details"],
+        json!({"reason": "max_output_tokens"})
+    );
+    assert_eq!(done["response"]["output"], json!([m]));
+    assert_eq!(done["response"]["usage"]["total_tokens"], 15);
+    assert_eq!(g.upstream.received().len(), 1);
+    // Continuing it gives the upstream the governed call's output.
+    script(&g, vec![response("resp_2", vec![message("msg_2", "ok")])]);
+    let mut follow = request();
+    follow["previous_response_id"] = json!("resp_1");
+    follow["input"] = json!("go on");
+    let (status, _, _) = post(&g, &follow).await;
+    assert_eq!(status, 200);
+    let sent = g.sent();
+    assert_eq!(sent[1]["previous_response_id"], "resp_1");
+    assert_eq!(
+        outputs(&sent[1]),
+        [("call_1".into(), r#"{"temp_c":18}"#.into())]
+    );
+    g.proxy.verify_receipts();
+
+    // Round 2, after a handled round 1, is cut short: one `response.incomplete`,
+    // the first round's id, round 2's items, both rounds' usage.
+    let g = start_with_weather(POLICY).await;
+    let mut r1 = Sse::start("resp_1");
+    let c = r1.call(0, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    let mut r2 = Sse::start("resp_2");
+    let m = r2.message(0, "msg_2", &["18 C and"]);
+    g.upstream.push(Reply::sse(
+        r2.end("response.incomplete", incomplete("resp_2", vec![m.clone()])),
+    ));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert_hidden(&got, 1);
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.incomplete");
+    assert_eq!(done["response"]["id"], "resp_1");
+    assert_eq!(
+        done["response"]["incomplete_details"],
+        json!({"reason": "max_output_tokens"})
+    );
+    assert_eq!(done["response"]["output"], json!([m]));
+    assert_eq!(done["response"]["usage"]["total_tokens"], 30);
+    assert_eq!(g.sent().len(), 2);
+    g.proxy.verify_receipts();
+}
+
+/// The event blocks of an SSE body, each with its blank line.
+fn blocks(raw: &str) -> Vec<&str> {
+    raw.split_inclusive("\n\n").collect()
+}
+
+#[tokio::test]
+async fn the_recorded_reasoning_stream_with_its_call_denied_continues_upstream() {
+    let recorded = std::fs::read_to_string(
+        shared_fixtures()
+            .join("recorded/responses/responses-stream-reasoning-then-function-call.sse"),
+    )
+    .unwrap();
+    let recorded_events = read_stream(recorded.clone());
+    let recorded_done = recorded_events.terminal()["response"].clone();
+    let reasoning = recorded_done["output"][0].clone();
+    assert_eq!(reasoning["type"], "reasoning");
+    let call_id = "call_GLsIMps0vfGJeDhu3zAjy3wd";
+    assert_eq!(recorded_done["output"][1]["call_id"], call_id);
+    // The recorded call is to `search`, which this policy blocks.
+    let blocked =
+        "hushspec: \"0.1.0\"\nrules:\n  tool_access:\n    block: [search]\n    default: allow\n";
+    for store in [true, false] {
+        let g = start(blocked, "", None).await;
+        g.upstream
+            .push(Reply::sse(vec![Bytes::from(recorded.clone())]));
+        let mut r2 = Sse::start("resp_2");
+        let m = r2.message(0, "msg_2", &["I may not ", "search that."]);
+        g.upstream
+            .push(Reply::sse(r2.completed("resp_2", vec![m.clone()])));
+        let mut body = request();
+        if !store {
+            body["store"] = json!(false);
+        }
+        let got = stream(&g, body).await;
+        got.assert_valid();
+        // Everything up to the call, the reasoning item included, reaches the
+        // client byte for byte: created, in_progress, the reasoning item's two
+        // events.
+        let sent_blocks = blocks(&got.raw);
+        assert_eq!(sent_blocks[..4], blocks(&recorded)[..4]);
+        assert_eq!(got.of("response.output_item.done")[0]["item"], reasoning);
+        // The call never does.
+        assert!(!got.raw.contains(call_id) && !got.raw.contains("fc_6859a4c0"));
+        assert!(!got.raw.contains("Detroit"));
+        assert!(got.of("response.function_call_arguments.delta").is_empty());
+        let done = got.terminal();
+        assert_eq!(done["type"], "response.completed");
+        assert_eq!(done["response"]["id"], recorded_done["id"]);
+        assert_eq!(done["response"]["output"], json!([reasoning, m]));
+        assert_eq!(
+            done["response"]["usage"]["output_tokens_details"]["reasoning_tokens"],
+            512
+        );
+        assert_eq!(done["response"]["usage"]["input_tokens"], 78 + 10);
+        // Round 2 continues the recorded response with the denial as the call's
+        // output.
+        let sent = g.sent();
+        assert_eq!(sent.len(), 2);
+        let answers = outputs(&sent[1]);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].0, call_id);
+        let denial: Value = serde_json::from_str(&answers[0].1).unwrap();
+        assert_eq!(denial["error"]["type"], "tool_call_denied");
+        assert_eq!(denial["error"]["code"], "tool_access.block");
+        let receipts = g.proxy.receipt_lines();
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0]["action"]["tool_name"], "search");
+        assert_eq!(receipts[0]["action"]["tool_call_id"], call_id);
+        assert_eq!(denial["error"]["receipt_id"], receipts[0]["receipt_id"]);
+        if store {
+            assert_eq!(sent[1]["previous_response_id"], recorded_done["id"]);
+            assert_eq!(sent[1]["input"].as_array().unwrap().len(), 1);
+        } else {
+            // Without storage the round is replayed: the reasoning item as it
+            // came, then the call, then its denial.
+            assert!(sent[1].get("previous_response_id").is_none());
+            let input = sent[1]["input"].as_array().unwrap();
+            assert_eq!(input.len(), 4);
+            assert_eq!(input[0]["role"], "user");
+            assert_eq!(input[1], reasoning);
+            assert_eq!(input[2], recorded_done["output"][1]);
+            assert_eq!(input[3]["call_id"], call_id);
+            assert_paired(&sent[1]);
+        }
+        g.proxy.verify_receipts();
+    }
+}
+
+// ----- approvals, governed tool failures and tokens mode, streamed -----
+
+/// One streamed round that calls `deploy` for `prod` (call `call_1`).
+fn deploy_round(id: &str) -> Vec<Bytes> {
+    let mut r = Sse::start(id);
+    let c = r.call(0, 1, "deploy", &["{\"env\"", ":\"prod\"}"]);
+    r.completed(id, vec![c])
+}
+
+#[tokio::test]
+async fn a_streamed_approval_goes_from_pending_to_approved_to_consumed() {
+    let g = start(POLICY, &format!("admin_token = {ADMIN_TOKEN:?}"), None).await;
+    let approvals = || async {
+        let listed: Value = client()
+            .get(format!("{}/tollgate/approvals", g.proxy.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_owned(),
+                    r["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // Pending: the model is told to wait, the client sees only its answer.
+    g.upstream.push(Reply::sse(deploy_round("resp_1")));
+    let mut r2 = Sse::start("resp_2");
+    let m = r2.message(0, "msg_2", &["Waiting ", "for approval."]);
+    g.upstream
+        .push(Reply::sse(r2.completed("resp_2", vec![m.clone()])));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert!(!got.raw.contains("call_1") && !got.raw.contains("deploy"));
+    assert_eq!(got.terminal()["response"]["output"], json!([m]));
+    assert_eq!(got.terminal()["response"]["id"], "resp_1");
+    let sent = g.sent();
+    assert_eq!(sent[1]["previous_response_id"], "resp_1");
+    let answers = outputs(&sent[1]);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].0, "call_1");
+    let pending: Value = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(pending["error"]["type"], "tool_call_pending_approval");
+    assert_eq!(pending["error"]["code"], "approval_pending");
+    let id = pending["error"]["approval_id"].as_str().unwrap().to_owned();
+    assert_eq!(approvals().await, [(id.clone(), "pending".to_owned())]);
+
+    let approved = client()
+        .post(format!("{}/tollgate/approvals/{id}/approve", g.proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 200);
+
+    // Approved: the same call again reaches the client, which owns `deploy`,
+    // in a stream nothing was changed in.
+    let round = deploy_round("resp_3");
+    let whole: Vec<u8> = round.iter().flat_map(|b| b.to_vec()).collect();
+    g.upstream.push(Reply::sse(round));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert_eq!(got.raw.as_bytes(), &whole[..]);
+    let output = &got.terminal()["response"]["output"];
+    assert_eq!(output[0]["call_id"], "call_1");
+    assert_eq!(output[0]["name"], "deploy");
+    assert_eq!(g.sent().len(), 3, "a relayed call ends the turn");
+
+    // Consumed: once only; the next such call waits for a new approval.
+    g.upstream.push(Reply::sse(deploy_round("resp_4")));
+    let mut r5 = Sse::start("resp_5");
+    let m = r5.message(0, "msg_5", &["Waiting again."]);
+    g.upstream
+        .push(Reply::sse(r5.completed("resp_5", vec![m.clone()])));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert!(!got.raw.contains("call_1"));
+    assert_eq!(got.terminal()["response"]["output"], json!([m]));
+    let again: Value = serde_json::from_str(&outputs(g.sent().last().unwrap())[0].1).unwrap();
+    assert_eq!(again["error"]["code"], "approval_pending");
+    assert_ne!(again["error"]["approval_id"], id.as_str());
+
+    let receipts = g.proxy.receipt_lines();
+    let seen: Vec<(&str, &str)> = receipts
+        .iter()
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap(),
+                r["reason"]["code"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("pending", "approval_pending"),
+            ("system", "approval_approved"),
+            ("allow", "approval_granted"),
+            ("pending", "approval_pending"),
+        ]
+    );
+    assert_eq!(receipts[2]["metadata"]["approval_id"], id.as_str());
+    assert_eq!(receipts[2]["surface"], "responses");
+    let states: Vec<String> = approvals().await.into_iter().map(|(_, s)| s).collect();
+    assert_eq!(states, ["pending", "consumed"]);
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
+async fn a_governed_tool_failing_or_timing_out_mid_stream_gives_the_model_an_error_output() {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::Full {
+        status: 500,
+        headers: vec![],
+        body: "boom".into(),
+    });
+    tool.push(Reply::Hang);
+    let g = start(POLICY, "", Some(tool)).await;
+    // Two governed calls in one round: the first gets a 500, the second no
+    // answer within the tool's timeout.
+    let mut r1 = Sse::start("resp_1");
+    let m1 = r1.message(0, "msg_1", &["Checking both."]);
+    let c1 = r1.call(1, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    let c2 = r1.call(2, 2, "weather__current", &["{\"city\":\"Oslo\"}"]);
+    g.upstream
+        .push(Reply::sse(r1.completed("resp_1", vec![m1.clone(), c1, c2])));
+    let mut r2 = Sse::start("resp_2");
+    let m2 = r2.message(0, "msg_2", &["Neither answered."]);
+    g.upstream
+        .push(Reply::sse(r2.completed("resp_2", vec![m2.clone()])));
+    let got = tokio::time::timeout(WAIT, stream(&g, request()))
+        .await
+        .expect("a failing tool must not hang the stream");
+    got.assert_valid();
+    assert!(!got.raw.contains("call_1") && !got.raw.contains("call_2"));
+    assert!(!got.raw.contains("weather__current"));
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.completed");
+    assert_eq!(done["response"]["output"], json!([m1, m2]));
+    let sent = g.sent();
+    assert_eq!(sent.len(), 2);
+    let answers = outputs(&sent[1]);
+    let ids: Vec<&str> = answers.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["call_1", "call_2"]);
+    let failed: Value = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(failed["error"]["code"], "tool_failed");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("500") && message.contains("boom"),
+        "{message}"
+    );
+    let timed_out: Value = serde_json::from_str(&answers[1].1).unwrap();
+    assert_eq!(timed_out["error"]["code"], "tool_timeout");
+    let tool_requests: Vec<Value> = g
+        .tool
+        .as_ref()
+        .unwrap()
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(
+        tool_requests,
+        [json!({"city": "Paris"}), json!({"city": "Oslo"})]
+    );
+    let decisions: Vec<String> = g
+        .proxy
+        .receipt_lines()
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(decisions, ["allow", "allow"]);
+    g.proxy.verify_receipts();
+}
+
+/// The real binary in `tokens` mode in front of `upstream`, with tollgate's own
+/// upstream key and the weather tool served by `tool`: the binary, its URL, its
+/// directory (policy, receipts) and the key tokens are issued with.
+fn tokens_binary(
+    upstream: &MockUpstream,
+    tool: &MockUpstream,
+) -> (Binary, String, tempfile::TempDir, ed25519_dalek::SigningKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = tollgate::keys::generate().unwrap();
+    tollgate::keys::write_signing(&dir.path().join("issuer.pem"), &key, false).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(
+        dir.path().join("tollgate.toml"),
+        format!(
+            "auth = \"tokens\"\nupstream_key_env = \"TG_TEST_UPSTREAM_KEY\"\npolicy = \"policy.yaml\"\nsigning_key = \"issuer.pem\"\nreceipts = \"receipts.jsonl\"\n{}",
+            weather_tool(tool, 1000)
+        ),
+    )
+    .unwrap();
+    let mut binary = Binary::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream.url(),
+        ],
+        dir.path(),
+        &[("TG_TEST_UPSTREAM_KEY", "sk-upstream-secret")],
+    );
+    let url = binary.wait_listening();
+    (binary, url, dir, key)
+}
+
+#[tokio::test]
+async fn in_tokens_mode_a_call_outside_the_scope_is_denied_and_its_tool_not_offered() {
+    let upstream = MockUpstream::start().await;
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::json(r#"{"temp_c":18}"#));
+    let (mut binary, url, dir, key) = tokens_binary(&upstream, &tool);
+    let token = |tools: &[&str]| {
+        let tools: Vec<String> = tools.iter().map(|t| (*t).to_owned()).collect();
+        tollgate::kernel::token::issue(
+            &key,
+            "agent-7",
+            &tools,
+            "tollgate",
+            std::time::Duration::from_secs(600),
+            std::time::SystemTime::now(),
+        )
+        .unwrap()
+    };
+    let post = |token: String, body: Value| {
+        client()
+            .post(format!("{url}/v1/responses"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let sent =
+        |n: usize| -> Value { serde_json::from_slice(&upstream.received()[n].body).unwrap() };
+
+    // Scoped to `lookup`: the governed tool is not offered, and a call to it
+    // anyway is denied for the capability; the client gets its own call only.
+    upstream.push(Reply::json(
+        response(
+            "resp_1",
+            vec![
+                call(1, "weather__current", r#"{"city":"Paris"}"#),
+                call(2, "lookup", r#"{"q":"x"}"#),
+            ],
+        )
+        .to_string(),
+    ));
+    let response_1 = post(token(&["lookup"]), request()).await.unwrap();
+    assert_eq!(response_1.status(), 200);
+    let out: Value = response_1.json().await.unwrap();
+    assert_eq!(out["id"], "resp_1");
+    assert_eq!(output_types(&out), ["function_call"]);
+    assert_eq!(out["output"][0]["call_id"], "call_2");
+    assert!(!out.to_string().contains("weather__current"));
+    let got = &upstream.received()[0];
+    assert_eq!(got.headers["authorization"], "Bearer sk-upstream-secret");
+    assert_eq!(
+        sent(0)["tools"],
+        request()["tools"],
+        "a governed tool outside the scope is not injected"
+    );
+    assert!(tool.received().is_empty(), "the denied call did not run");
+    let receipts: Vec<Value> = std::fs::read_to_string(dir.path().join("receipts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(receipts.len(), 2);
+    assert_eq!(receipts[0]["agent_id"], "agent-7");
+    assert_eq!(receipts[0]["surface"], "responses");
+    assert_eq!(receipts[0]["action"]["tool_name"], "weather__current");
+    assert_eq!(receipts[0]["action"]["tool_call_id"], "call_1");
+    assert_eq!(receipts[0]["decision"], "deny");
+    assert_eq!(receipts[0]["reason"]["code"], "capability");
+    assert_eq!(receipts[1]["decision"], "allow");
+    assert_eq!(receipts[1]["action"]["tool_call_id"], "call_2");
+
+    // The client's answer continues the response; the model gets the denial
+    // for the call it made, beside the client's output.
+    upstream.push(Reply::json(
+        response("resp_2", vec![message("msg_2", "ok")]).to_string(),
+    ));
+    let mut follow = request();
+    follow["previous_response_id"] = json!("resp_1");
+    follow["input"] =
+        json!([{"type": "function_call_output", "call_id": "call_2", "output": "found"}]);
+    let response_2 = post(token(&["lookup"]), follow).await.unwrap();
+    assert_eq!(response_2.status(), 200);
+    let answers = outputs(&sent(1));
+    assert_eq!(answers[0].0, "call_1");
+    let denial: Value = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(denial["error"]["type"], "tool_call_denied");
+    assert_eq!(denial["error"]["code"], "capability");
+    assert_eq!(denial["error"]["receipt_id"], receipts[0]["receipt_id"]);
+    assert_eq!(answers[1], ("call_2".to_owned(), "found".to_owned()));
+
+    // A scope that reaches the governed tool gets it offered and run.
+    upstream.push(Reply::json(
+        response(
+            "resp_3",
+            vec![call(3, "weather__current", r#"{"city":"Paris"}"#)],
+        )
+        .to_string(),
+    ));
+    upstream.push(Reply::json(
+        response("resp_4", vec![message("msg_4", "18 C")]).to_string(),
+    ));
+    let response_3 = post(token(&["lookup", "weather__*"]), request())
+        .await
+        .unwrap();
+    assert_eq!(response_3.status(), 200);
+    let out: Value = response_3.json().await.unwrap();
+    assert_eq!(output_types(&out), ["message"]);
+    assert!(sent(2).to_string().contains("weather__current"));
+    assert_eq!(
+        outputs(&sent(3)),
+        [("call_3".into(), r#"{"temp_c":18}"#.into())]
+    );
+    assert_eq!(tool.received().len(), 1);
+
+    let (code, out, err) = run_binary(
+        &[
+            "receipts",
+            "verify",
+            "receipts.jsonl",
+            "--public-key",
+            "issuer.pem",
+        ],
+        dir.path(),
+        &[],
+    );
+    assert!(code.success(), "{out}{err}");
+    binary.signal("TERM");
+    assert!(binary.wait_exit().success());
 }

@@ -218,6 +218,159 @@ def test_governed_tool_with_the_stream_helper(governed):
     assert final.usage.total_tokens == 2 * ROUND_TOKENS
 
 
+# The governed tool of the `governed` fixture, which tollgate adds to every
+# request it governs.
+GOVERNED_TOOL = "weather__current"
+
+
+def upstream_object(mock_url: str, response_id: str) -> dict:
+    """A response the mock stored, as the JSON it returned it in, fetched from the
+    mock itself (not through tollgate)."""
+    return json.loads(client(mock_url).responses.with_raw_response.retrieve(response_id).text)
+
+
+def as_sent(response) -> dict:
+    """A response object the SDK parsed, as the JSON it was sent as: the fields
+    that were on the wire (`to_dict()`), less what the stream helper adds to
+    what it parses (`parsed` in output text, `parsed_arguments` in calls)."""
+    data = response.to_dict()
+    for item in data.get("output") or []:
+        item.pop("parsed_arguments", None)
+        for part in item.get("content") or []:
+            part.pop("parsed", None)
+    return data
+
+
+def summed(usages: list[dict]) -> dict:
+    """Usage objects added up, field by field (details included)."""
+    total: dict = {}
+    for usage in usages:
+        for key, value in usage.items():
+            if isinstance(value, dict):
+                total[key] = summed([total.get(key, {}), value])
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
+
+
+def one_response_of(rounds: list[dict]) -> dict:
+    """The one response a client must get for these upstream rounds (the mock's
+    own objects, first to last): the last round's object, under the first
+    round's `id`, `created_at` and `previous_response_id`, listing every round's
+    items but the calls tollgate handled (those to its governed tool), with the
+    usage of all rounds; the tools echoed are the client's own (the governed tool
+    tollgate added to the request is not)."""
+    first, last = rounds[0], rounds[-1]
+    expected = dict(last)
+    for key in ("id", "created_at", "previous_response_id"):
+        expected[key] = first[key]
+    expected["output"] = [
+        item for r in rounds for item in r["output"] if item.get("name") != GOVERNED_TOOL
+    ]
+    expected["usage"] = summed([r["usage"] for r in rounds])
+    expected["tools"] = [t for t in last["tools"] if t.get("name") != GOVERNED_TOOL]
+    return expected
+
+
+def assert_same_response(got: dict, expected: dict) -> None:
+    """Field by field, then whole."""
+    assert sorted(got) == sorted(expected), set(got) ^ set(expected)
+    for key in expected:
+        assert got[key] == expected[key], f"{key}: {got[key]!r} != {expected[key]!r}"
+    assert got == expected
+
+
+# 3b. The stream helper's final response is exactly the mock's final round less
+# what tollgate handled: for a turn that ends with a governed and a client call
+# (one round, the governed call hidden) and for a turn that loops (the governed
+# call, then the answer; with reasoning, so the first round shows an item too).
+@pytest.mark.parametrize("turn", ["governed-and-client-call", "loop"])
+def test_the_stream_helpers_final_response_is_the_mocks_final_round_less_handled_calls(
+    governed, mock_url, turn
+):
+    if turn == "loop":
+        request = {
+            "input": user('call weather__current {"city":"Turin-helper"}'),
+            "reasoning": {"effort": "low"},
+            "include": ["reasoning.encrypted_content"],
+        }
+        rounds = 2
+    else:
+        request = {
+            "input": user('call weather__current {"city":"Bern-helper"}; call lookup {"query":"helper"}'),
+            "tools": [LOOKUP],
+        }
+        rounds = 1
+    with client(governed.url).responses.stream(model=MODEL, **request) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    seen = check_stream(events)
+    assert final.id == seen["created"].id
+    first = number(final.id, "resp_mockagent")
+    mock_rounds = [upstream_object(mock_url, f"resp_mockagent{first + k}") for k in range(rounds)]
+    # The mock's rounds hold what tollgate hid: the governed call, run once.
+    assert [i["name"] for i in mock_rounds[0]["output"] if i["type"] == "function_call"][0] == GOVERNED_TOOL
+    city = "Turin-helper" if turn == "loop" else "Bern-helper"
+    assert governed.tools.bodies().count({"city": city}) == 1
+    expected = one_response_of(mock_rounds)
+    if turn == "loop":
+        assert [i["type"] for i in expected["output"]] == ["reasoning", "reasoning", "message"]
+        assert expected["previous_response_id"] is None
+        assert mock_rounds[-1]["previous_response_id"] == final.id, "round 2 continued round 1"
+    else:
+        assert [i["name"] for i in expected["output"]] == ["lookup"]
+        assert expected["tools"] == [LOOKUP]
+    assert expected["usage"]["total_tokens"] == rounds * ROUND_TOKENS
+    assert_same_response(as_sent(final), expected)
+
+
+# 3c. A response tollgate changed, fetched by id through tollgate, is the one the
+# client was given, not the upstream's first round (which lists the hidden call);
+# a response tollgate did not change (through a tollgate that adds no governed
+# tool) is the upstream's own.
+@pytest.mark.parametrize("streaming", [False, True], ids=["plain", "stream"])
+def test_retrieving_a_response_returns_what_the_client_was_given(governed, tollgate_url, mock_url, streaming):
+    c = client(governed.url)
+    city = f"Graz-{'stream' if streaming else 'plain'}"
+    conversation = user(f'call weather__current {{"city":"{city}"}}; call lookup {{"query":"again"}}')
+    if streaming:
+        events = list(c.responses.create(model=MODEL, input=conversation, tools=[LOOKUP], stream=True))
+        given = check_stream(events)["completed"].to_dict()
+    else:
+        given = json.loads(
+            c.responses.with_raw_response.create(model=MODEL, input=conversation, tools=[LOOKUP]).text
+        )
+    assert [i["name"] for i in given["output"]] == ["lookup"]
+    upstream = upstream_object(mock_url, given["id"])
+    assert GOVERNED_TOOL in json.dumps(upstream), "upstream, the id names a round with the hidden call"
+
+    raw = c.responses.with_raw_response.retrieve(given["id"])
+    assert raw.headers["x-tollgate-request-id"]
+    fetched = json.loads(raw.text)
+    assert_same_response(fetched, given)
+    assert GOVERNED_TOOL not in raw.text
+    assert c.responses.retrieve(given["id"]).output[0].name == "lookup"
+
+    # Unchanged responses (a plain answer, a turn with only the client's call)
+    # are fetched from the upstream.
+    c = client(tollgate_url)
+    for request in (
+        {"input": "Say hello"},
+        {"input": user(f'call lookup {{"query":"{city}"}}'), "tools": [LOOKUP]},
+    ):
+        if streaming:
+            events = list(c.responses.create(model=MODEL, stream=True, **request))
+            answered = check_stream(events)["completed"].to_dict()
+        else:
+            answered = json.loads(c.responses.with_raw_response.create(model=MODEL, **request).text)
+        fetched = json.loads(c.responses.with_raw_response.retrieve(answered["id"]).text)
+        assert_same_response(fetched, upstream_object(mock_url, answered["id"]))
+        assert_same_response(fetched, answered)
+    with pytest.raises(openai.NotFoundError) as raised:
+        c.responses.retrieve("resp_never_made")
+    assert "resp_never_made" in raised.value.message
+
+
 # 4. A governed call and an allowed client call in one turn: the client gets only
 # its own call, then continues either by `previous_response_id` or by replaying
 # the whole conversation; either way the model gets both outputs.
