@@ -71,17 +71,26 @@ fn fetched_response_id<'a>(method: &http::Method, uri: &'a Uri) -> Option<&'a st
 /// Answers `GET /v1/responses/{id}` for a response tollgate changed, from what
 /// the client was given: the upstream stores each round under its own id, and
 /// the first round's, the id the client holds, still lists the calls tollgate
-/// hid and the governed tools it added. `None`: the request is not such a fetch
-/// or the response is not remembered, and goes upstream as it is. A fetch that
-/// resumes a stream (`stream=true`) cannot be answered from memory and is
-/// refused rather than relayed.
+/// hid and the governed tools it added. Only the agent the response was made
+/// for is answered so (in `passthrough` mode, the same API key). `None`: the
+/// request is not such a fetch, or the response is not this caller's remembered
+/// one, and it goes upstream as it is, which answers it as it answers that key.
+/// A fetch that resumes a stream (`stream=true`) cannot be answered from memory
+/// and is refused rather than relayed.
 pub fn remembered_response(
     shared: &Shared,
-    method: &http::Method,
-    uri: &Uri,
+    req: &Request<Incoming>,
 ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+    let (method, uri) = (req.method(), req.uri());
     let id = fetched_response_id(method, uri)?;
-    let view = shared.gateway.governance().presented_response(id)?;
+    let identity = match shared.gateway.identify(req.headers()) {
+        Ok(identity) => identity,
+        Err(error) => return Some(Err(error)),
+    };
+    let view = shared
+        .gateway
+        .governance()
+        .presented_response(&identity.caller, id)?;
     let streams = uri.query().is_some_and(|q| {
         url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "stream" && v == "true")
     });

@@ -82,7 +82,7 @@ async fn route(
     }
     let authorization = shared.gateway.relay_authorization(req.headers())?;
     if shared.config.govern.mode == Mode::Govern
-        && let Some(answer) = govern::remembered_response(shared, req.method(), req.uri())
+        && let Some(answer) = govern::remembered_response(shared, &req)
     {
         return answer;
     }

@@ -209,13 +209,14 @@ impl Governance {
         Ok(echo)
     }
 
-    /// The response object a client was given under `id`, when tollgate hid
+    /// The response object `caller` was given under `id`, when tollgate hid
     /// something from it and still remembers it: what a client fetching the
-    /// response by id must see, instead of the upstream's first round.
-    pub fn presented_response(&self, id: &str) -> Option<Value> {
+    /// response by id must see, instead of the upstream's first round. Only the
+    /// agent it was made for gets it.
+    pub fn presented_response(&self, caller: &Caller, id: &str) -> Option<Value> {
         self.responses
             .find(id, Instant::now())
-            .filter(|turn| turn.presented_id == id)
+            .filter(|turn| turn.presented_id == id && turn.agent_id == caller.agent_id)
             .map(|turn| turn.view.clone())
     }
 

@@ -190,12 +190,16 @@ async fn a_denied_call_is_answered_to_the_model_from_the_stored_response() {
 
 /// `GET /v1/responses/{id}` through the proxy: status, `content-type` and body.
 async fn fetch(g: &Gov, path: &str) -> (StatusCode, String, Value) {
-    let response = client()
-        .get(format!("{}/v1/responses/{path}", g.proxy.url))
-        .bearer_auth("sk-test-key")
-        .send()
-        .await
-        .unwrap();
+    fetch_as(g, path, Some("sk-test-key")).await
+}
+
+/// [`fetch`] with another API key, or none.
+async fn fetch_as(g: &Gov, path: &str, key: Option<&str>) -> (StatusCode, String, Value) {
+    let mut request = client().get(format!("{}/v1/responses/{path}", g.proxy.url));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status();
     let content_type = response
         .headers()
@@ -241,13 +245,19 @@ async fn a_response_fetched_by_id_is_the_one_the_client_was_given() {
         2,
         "nothing was fetched upstream"
     );
-    // A response tollgate did not change, and every other path under the id,
-    // are the upstream's own.
-    for path in ["resp_other", "resp_1/input_items"] {
+    // A response tollgate did not change, every other path under the id, and
+    // the response asked for with another key or none (the remembered one is
+    // that key's alone) are the upstream's to answer.
+    for (path, key) in [
+        ("resp_other", Some("sk-test-key")),
+        ("resp_1/input_items", Some("sk-test-key")),
+        ("resp_1", Some("sk-someone-else")),
+        ("resp_1", None),
+    ] {
         g.upstream.push(Reply::json(
             r#"{"id":"upstream's own","object":"response"}"#,
         ));
-        let (status, _, relayed) = fetch(&g, path).await;
+        let (status, _, relayed) = fetch_as(&g, path, key).await;
         assert_eq!(status, 200);
         assert_eq!(relayed["id"], "upstream's own");
         let last = g.upstream.received().pop().unwrap();
