@@ -885,17 +885,32 @@ impl StreamRewriter {
         response
     }
 
-    /// An upstream `response.failed` or `error` event, with the client's numbers
-    /// and (for `response.failed`) the client's response id.
+    /// An upstream `error` event with the client's numbers, or an upstream
+    /// `response.failed` made the client's: the failing round's status and
+    /// error on the client's response (its id, creation time, echo), with the
+    /// items the client was shown in every round, this one's included (never a
+    /// call it was not given), and the usage of every round.
     pub fn pass_failure(&mut self, terminal: Terminal) -> Bytes {
-        let mut data = terminal.data;
-        if let (Some(id), Some(response)) = (
-            self.response_id().map(str::to_owned),
-            data.get_mut("response").and_then(Value::as_object_mut),
-        ) {
-            response.insert("id".into(), Value::String(id));
-        }
-        self.renumber(terminal.raw, EventData::Whole(data), None)
+        let Some(response) = terminal.data.get("response").filter(|r| r.is_object()) else {
+            return self.renumber(terminal.raw, EventData::Whole(terminal.data), None);
+        };
+        let shown_now: Vec<Value> = output(response)
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                u64::try_from(*i).is_ok_and(|i| matches!(self.slots.get(&i), Some(Slot::Shown(_))))
+            })
+            .map(|(_, item)| item.clone())
+            .collect();
+        self.shown.extend(shown_now);
+        sum_usage(&mut self.usage, response);
+        let view = self.final_response(response);
+        let kind = terminal
+            .data
+            .get("type")
+            .cloned()
+            .unwrap_or_else(|| json!("response.failed"));
+        self.own_event(json!({"type": kind, "sequence_number": 0, "response": view}))
     }
 
     /// The `response.failed` event that ends a stream tollgate cannot finish:

@@ -1335,18 +1335,22 @@ async fn a_round_that_fails_upstream_ends_the_client_stream_with_that_failure() 
     let g = start_with_weather(POLICY).await;
     let mut r1 = Sse::start("resp_1");
     let m = r1.message(0, "msg_1", &["Checking."]);
-    r1.call(1, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    let c = r1.call(1, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    // The failed response lists the call tollgate ran: the client's must not.
     g.upstream.push(Reply::sse(
-        r1.end("response.failed", failed("resp_1", vec![m.clone()])),
+        r1.end("response.failed", failed("resp_1", vec![m.clone(), c])),
     ));
     let got = stream(&g, request()).await;
     got.assert_valid();
     assert_hidden(&got, 1);
     let done = got.terminal();
     assert_eq!(done["type"], "response.failed");
-    // The upstream's own failure, renumbered, under the client's id.
+    // The upstream's own failure, renumbered, under the client's id, with what
+    // the client was shown.
     assert_eq!(done["response"]["id"], "resp_1");
     assert_eq!(done["response"]["status"], "failed");
+    assert_eq!(done["response"]["output"], json!([m]));
+    assert_eq!(done["response"]["usage"]["total_tokens"], 15);
     assert_eq!(
         done["response"]["error"],
         json!({"code": "server_error", "message": "The model broke down."})
@@ -1403,6 +1407,36 @@ async fn a_round_that_fails_upstream_ends_the_client_stream_with_that_failure() 
         outputs(&sent[1]),
         [("call_1".into(), r#"{"temp_c":18}"#.into())]
     );
+    // What the client was shown of both rounds, and both rounds' usage; the
+    // round it continued from is not named as its own previous response.
+    assert_eq!(
+        output_types(&done["response"]),
+        ["message"],
+        "round 1's message; round 2's failed before it was listed"
+    );
+    assert_eq!(done["response"]["usage"]["total_tokens"], 30);
+    assert_eq!(done["response"]["previous_response_id"], Value::Null);
+    g.proxy.verify_receipts();
+
+    // Round 1 is only the handled call, so round 2's events already carry the
+    // client's numbers: the failure still goes out under the client's id.
+    let g = start_with_weather(POLICY).await;
+    let mut r1 = Sse::start("resp_1");
+    let c = r1.call(0, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    let mut r2 = Sse::start("resp_2");
+    r2.push("response.output_item.added", json!({"output_index": 0,
+        "item": {"id": "msg_2", "type": "message", "status": "in_progress", "role": "assistant", "content": []}}));
+    g.upstream.push(Reply::sse(
+        r2.end("response.failed", failed("resp_2", vec![])),
+    ));
+    let got = stream(&g, request()).await;
+    got.assert_valid();
+    assert_hidden(&got, 1);
+    let done = got.terminal();
+    assert_eq!(done["type"], "response.failed");
+    assert_eq!(done["response"]["id"], "resp_1");
+    assert!(!got.raw.contains("resp_2"), "{}", got.raw);
     g.proxy.verify_receipts();
 }
 
