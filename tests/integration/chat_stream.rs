@@ -7,11 +7,11 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::common::mock::{MockUpstream, Reply, StreamFeed};
+use crate::common::mock::{Reply, StreamFeed};
 use crate::common::{WAIT, client, read_to_end, shared_fixtures};
 use crate::governance::{
-    Gov, POLICY, TIGHT_BUDGET, assert_paired, oversized_arguments, request, start,
-    start_with_weather, tool_messages, weather_tool,
+    Gov, POLICY, TIGHT_BUDGET, assert_paired, failing_then_hanging_tool, oversized_arguments,
+    request, start, start_with_weather, tool_messages, weather_tool,
 };
 
 /// One `data:` event of a chunk with this delta and finish reason.
@@ -164,7 +164,9 @@ fn read_events(raw: String) -> Received {
     Received { raw, chunks, done }
 }
 
-async fn stream_chat(url: &str, mut body: Value) -> Received {
+/// Sends `body` as a streamed Chat Completions request and checks for a 200; the
+/// body is left to read.
+async fn open_stream(url: &str, mut body: Value) -> reqwest::Response {
     body["stream"] = json!(true);
     let response = client()
         .post(format!("{url}/v1/chat/completions"))
@@ -174,6 +176,11 @@ async fn stream_chat(url: &str, mut body: Value) -> Received {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    response
+}
+
+async fn stream_chat(url: &str, body: Value) -> Received {
+    let response = open_stream(url, body).await;
     assert!(
         response.headers()["content-type"]
             .to_str()
@@ -206,19 +213,9 @@ async fn an_allowed_call_reaches_the_client_whole_with_one_finish() {
     assert_eq!(receipts[0]["decision"], "allow");
     // The upstream was sent the request once, as the client wrote it (nothing to
     // splice, no governed tool to inject): its bytes and its key as they came.
-    let received = g.upstream.received();
-    assert_eq!(received.len(), 1);
-    assert_eq!(received[0].method, "POST");
-    assert_eq!(received[0].target, "/v1/chat/completions");
-    assert_eq!(received[0].headers["authorization"], "Bearer sk-test-key");
-    assert_eq!(received[0].headers["content-type"], "application/json");
     let mut expected = request();
     expected["stream"] = json!(true);
-    assert_eq!(
-        received[0].body,
-        serde_json::to_vec(&expected).unwrap(),
-        "the client's body, unchanged"
-    );
+    g.assert_sent_as_written(&expected);
     g.proxy.verify_receipts();
 }
 
@@ -653,16 +650,7 @@ async fn a_refusal_in_a_governed_stream_reaches_the_client_as_it_arrives() {
     g.upstream
         .push(Reply::sse(sse_calls(&[("call_x", "shell_exec", &["{}"])])));
     let feed = g.feed_stream();
-    let mut body = request();
-    body["stream"] = json!(true);
-    let mut response = client()
-        .post(format!("{}/v1/chat/completions", g.proxy.url))
-        .bearer_auth("sk-test-key")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    let mut response = open_stream(&g.proxy.url, request()).await;
     let refusal = "I can't help with that.";
     feed.send(chunk(
         json!({"role": "assistant", "content": null, "refusal": null}),
@@ -747,13 +735,7 @@ async fn without_include_usage_a_governed_stream_carries_no_usage_chunk() {
 
 #[tokio::test]
 async fn governed_tool_failures_and_timeouts_mid_stream_become_error_outputs() {
-    let tool = MockUpstream::start().await;
-    tool.push(Reply::Full {
-        status: 500,
-        headers: vec![],
-        body: "boom".into(),
-    });
-    tool.push(Reply::Hang);
+    let tool = failing_then_hanging_tool().await;
     let g = start(POLICY, &weather_tool(&tool, 300), None).await;
     for (id, city, code, answer) in [
         ("call_1", "Paris", "tool_failed", "It failed."),

@@ -3,6 +3,8 @@
 //! client receives, what the upstream was sent, and the receipt log (which must
 //! verify afterwards).
 
+use std::path::Path;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -59,6 +61,18 @@ pub async fn start_with_weather(policy: &str) -> Gov {
     start(policy, "", Some(tool)).await
 }
 
+/// A tool server that answers 500 (`boom`) once, then never answers.
+pub async fn failing_then_hanging_tool() -> MockUpstream {
+    let tool = MockUpstream::start().await;
+    tool.push(Reply::Full {
+        status: 500,
+        headers: vec![],
+        body: "boom".into(),
+    });
+    tool.push(Reply::Hang);
+    tool
+}
+
 /// Starts a proxy with `policy`, top-level `settings` lines, and the weather tool
 /// when a tool server is given.
 pub async fn start(policy: &str, settings: &str, tool: Option<MockUpstream>) -> Gov {
@@ -111,6 +125,22 @@ impl Gov {
             .iter()
             .map(|r| serde_json::from_slice(&r.body).unwrap())
             .collect()
+    }
+
+    /// Asserts that the upstream was sent one request, `body` byte for byte as
+    /// the client sent it, with the client's key.
+    pub fn assert_sent_as_written(&self, body: &Value) {
+        let received = self.upstream.received();
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].method, "POST");
+        assert_eq!(received[0].target, "/v1/chat/completions");
+        assert_eq!(received[0].headers["authorization"], "Bearer sk-test-key");
+        assert_eq!(received[0].headers["content-type"], "application/json");
+        assert_eq!(
+            received[0].body,
+            serde_json::to_vec(body).unwrap(),
+            "the client's body, unchanged"
+        );
     }
 
     /// Makes the upstream's next answer an event stream that the test feeds.
@@ -225,17 +255,7 @@ async fn an_allowed_client_call_reaches_the_client_with_its_receipt() {
     assert!(!log.contains("sk-test-key"));
     // The upstream was sent the request once, as the client wrote it: nothing to
     // splice and no governed tool to inject, so its bytes and its key go as they came.
-    let received = g.upstream.received();
-    assert_eq!(received.len(), 1);
-    assert_eq!(received[0].method, "POST");
-    assert_eq!(received[0].target, "/v1/chat/completions");
-    assert_eq!(received[0].headers["authorization"], "Bearer sk-test-key");
-    assert_eq!(received[0].headers["content-type"], "application/json");
-    assert_eq!(
-        received[0].body,
-        serde_json::to_vec(&request()).unwrap(),
-        "the client's body, unchanged"
-    );
+    g.assert_sent_as_written(&request());
     g.proxy.verify_receipts();
 }
 
@@ -327,14 +347,7 @@ async fn a_governed_tool_runs_and_only_the_final_answer_reaches_the_client() {
 
 #[tokio::test]
 async fn governed_tool_failures_and_timeouts_become_error_outputs() {
-    let tool = MockUpstream::start().await;
-    tool.push(Reply::Full {
-        status: 500,
-        headers: vec![],
-        body: "boom".into(),
-    });
-    tool.push(Reply::Hang);
-    let g = start(POLICY, "", Some(tool)).await;
+    let g = start(POLICY, "", Some(failing_then_hanging_tool().await)).await;
     g.script(vec![
         calls(&[("call_1", "weather__current", r#"{"city":"Paris"}"#)]),
         text("It failed."),
@@ -679,23 +692,61 @@ async fn an_approval_goes_from_pending_to_approved_to_consumed() {
     assert_eq!(out["choices"][0]["message"]["content"], "Waiting again.");
 
     let receipts = g.proxy.receipt_lines();
-    let decisions: Vec<&str> = receipts
-        .iter()
-        .map(|r| r["decision"].as_str().unwrap())
-        .collect();
-    assert_eq!(decisions, ["pending", "system", "allow", "pending"]);
+    assert_eq!(
+        decisions(&receipts),
+        ["pending", "system", "allow", "pending"]
+    );
     assert_eq!(receipts[1]["reason"]["code"], "approval_approved");
     assert_eq!(receipts[2]["reason"]["code"], "approval_granted");
     assert_eq!(receipts[2]["metadata"]["approval_id"], id.as_str());
-    let listed: Value = list(ADMIN_TOKEN).await.unwrap().json().await.unwrap();
-    let states: Vec<&str> = listed["data"]
+    let states: Vec<String> = approvals(&g).await.into_iter().map(|(_, s)| s).collect();
+    assert_eq!(states, ["pending", "consumed"]);
+    g.proxy.verify_receipts();
+}
+
+/// The approval requests the admin API lists, newest first: `(id, state)`.
+pub async fn approvals(g: &Gov) -> Vec<(String, String)> {
+    let listed: Value = client()
+        .get(format!("{}/tollgate/approvals", g.proxy.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listed["data"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["pending", "consumed"]);
-    g.proxy.verify_receipts();
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The decision of each receipt.
+pub fn decisions(receipts: &[Value]) -> Vec<&str> {
+    receipts
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect()
+}
+
+/// The `(decision, reason code)` of each receipt.
+pub fn decisions_and_reasons(receipts: &[Value]) -> Vec<(&str, &str)> {
+    receipts
+        .iter()
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap(),
+                r["reason"]["code"].as_str().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// A call to `deploy` with these arguments, which the policy makes wait for approval.
@@ -786,17 +837,8 @@ async fn a_rejected_approval_denies_the_same_call_again_by_api_and_command_line(
 
     // The receipts: each request pending, its rejection, then denials.
     let receipts = g.proxy.receipt_lines();
-    let seen: Vec<(&str, &str)> = receipts
-        .iter()
-        .map(|r| {
-            (
-                r["decision"].as_str().unwrap(),
-                r["reason"]["code"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        seen,
+        decisions_and_reasons(&receipts),
         [
             ("pending", "approval_pending"),
             ("system", "approval_rejected"),
@@ -820,24 +862,12 @@ async fn a_rejected_approval_denies_the_same_call_again_by_api_and_command_line(
     }
     assert_eq!(receipts[2]["action"]["tool_name"], "deploy");
     // Neither request was consumed.
-    let listed: Value = http
-        .get(format!("{}/tollgate/approvals", g.proxy.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let states: Vec<(&str, &str)> = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["id"].as_str().unwrap(), r["state"].as_str().unwrap()))
-        .collect();
     assert_eq!(
-        states,
-        [(second.as_str(), "rejected"), (first.as_str(), "rejected")]
+        approvals(&g).await,
+        [
+            (second.clone(), "rejected".to_owned()),
+            (first.clone(), "rejected".to_owned())
+        ]
     );
     g.proxy.verify_receipts();
 }
@@ -856,27 +886,33 @@ async fn the_approvals_api_is_off_without_an_admin_token() {
 }
 
 /// The real binary in `tokens` mode, with its own upstream key.
-struct TokensGateway {
-    binary: Binary,
-    url: String,
-    dir: tempfile::TempDir,
-    key: ed25519_dalek::SigningKey,
+pub struct TokensGateway {
+    pub binary: Binary,
+    pub url: String,
+    /// Holds the policy, the issuer key and the receipts.
+    pub dir: tempfile::TempDir,
+    /// The key tokens are issued with.
+    pub key: ed25519_dalek::SigningKey,
 }
 
-fn tokens_gateway(upstream: &MockUpstream, tool: &MockUpstream) -> TokensGateway {
+/// A directory for the real binary: a new issuer key in `issuer.pem` (returned),
+/// [`POLICY`] in `policy.yaml` and `toml` in `tollgate.toml`.
+fn binary_dir(toml: &str) -> (tempfile::TempDir, ed25519_dalek::SigningKey) {
     let dir = tempfile::tempdir().unwrap();
     let key = tollgate::keys::generate().unwrap();
-    let key_file = dir.path().join("issuer.pem");
-    tollgate::keys::write_signing(&key_file, &key, false).unwrap();
+    tollgate::keys::write_signing(&dir.path().join("issuer.pem"), &key, false).unwrap();
     std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    std::fs::write(
-        dir.path().join("tollgate.toml"),
-        format!(
-            "auth = \"tokens\"\nupstream_key_env = \"TG_TEST_UPSTREAM_KEY\"\npolicy = \"policy.yaml\"\nsigning_key = \"issuer.pem\"\nreceipts = \"receipts.jsonl\"\n{}",
-            weather_tool(tool, 1000)
-        ),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("tollgate.toml"), toml).unwrap();
+    (dir, key)
+}
+
+/// Starts the real binary in `tokens` mode in front of `upstream`, with
+/// tollgate's own upstream key and the weather tool served by `tool`.
+pub fn tokens_gateway(upstream: &MockUpstream, tool: &MockUpstream) -> TokensGateway {
+    let (dir, key) = binary_dir(&format!(
+        "auth = \"tokens\"\nupstream_key_env = \"TG_TEST_UPSTREAM_KEY\"\npolicy = \"policy.yaml\"\nsigning_key = \"issuer.pem\"\nreceipts = \"receipts.jsonl\"\n{}",
+        weather_tool(tool, 1000)
+    ));
     let mut binary = Binary::start(
         &[
             "serve",
@@ -897,7 +933,34 @@ fn tokens_gateway(upstream: &MockUpstream, tool: &MockUpstream) -> TokensGateway
     }
 }
 
-fn token(key: &ed25519_dalek::SigningKey, tools: &[&str]) -> String {
+/// The receipts the binary wrote to `receipts.jsonl` in `dir`.
+pub fn logged_receipts(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("receipts.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Asserts that `tollgate receipts verify` accepts `receipts.jsonl` in `dir`
+/// with the public half of the key in `key_file`.
+pub fn assert_log_verifies(dir: &Path, key_file: &str) {
+    let (code, out, err) = run_binary(
+        &[
+            "receipts",
+            "verify",
+            "receipts.jsonl",
+            "--public-key",
+            key_file,
+        ],
+        dir,
+        &[],
+    );
+    assert!(code.success(), "{out}{err}");
+}
+
+/// A token for `agent-7` issued with `key`, scoped to `tools`, valid 10 minutes.
+pub fn token(key: &ed25519_dalek::SigningKey, tools: &[&str]) -> String {
     let tools: Vec<String> = tools.iter().map(|t| (*t).to_owned()).collect();
     tollgate::kernel::token::issue(
         key,
@@ -987,11 +1050,7 @@ async fn tokens_mode_refuses_without_a_valid_token_and_bounds_tools_by_scope() {
         !sent.to_string().contains("weather__current"),
         "a governed tool outside the scope is not injected"
     );
-    let receipts: Vec<Value> = std::fs::read_to_string(gw.dir.path().join("receipts.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let receipts = logged_receipts(gw.dir.path());
     assert_eq!(receipts[0]["agent_id"], "agent-7");
     assert_eq!(receipts[0]["decision"], "deny");
     assert_eq!(receipts[0]["reason"]["code"], "capability");
@@ -1023,18 +1082,7 @@ async fn tokens_mode_refuses_without_a_valid_token_and_bounds_tools_by_scope() {
     let sent: Value = serde_json::from_slice(&upstream.received()[1].body).unwrap();
     assert!(sent.to_string().contains("weather__current"));
 
-    let (code, out, err) = run_binary(
-        &[
-            "receipts",
-            "verify",
-            "receipts.jsonl",
-            "--public-key",
-            "issuer.pem",
-        ],
-        gw.dir.path(),
-        &[],
-    );
-    assert!(code.success(), "{out}{err}");
+    assert_log_verifies(gw.dir.path(), "issuer.pem");
     let log = std::fs::read_to_string(gw.dir.path().join("receipts.jsonl")).unwrap();
     assert!(!log.contains("sk-upstream-secret"));
     gw.binary.signal("TERM");
@@ -1047,15 +1095,9 @@ async fn serve_flags_set_auth_upstream_key_and_max_rounds_over_the_file() {
     // on the command line and other values for the same keys in tollgate.toml:
     // the flags win (flag, then variable, then file).
     let upstream = MockUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = tollgate::keys::generate().unwrap();
-    tollgate::keys::write_signing(&dir.path().join("issuer.pem"), &key, false).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    std::fs::write(
-        dir.path().join("tollgate.toml"),
+    let (dir, key) = binary_dir(
         "auth = \"passthrough\"\nupstream_key_env = \"TG_TEST_FILE_KEY\"\nmax_rounds = 4\npolicy = \"policy.yaml\"\nsigning_key = \"issuer.pem\"\nreceipts = \"receipts.jsonl\"\n",
-    )
-    .unwrap();
+    );
     let mut binary = Binary::start(
         &[
             "serve",
@@ -1125,11 +1167,7 @@ async fn serve_flags_set_auth_upstream_key_and_max_rounds_over_the_file() {
         "Bearer sk-upstream-from-flag"
     );
 
-    let receipts: Vec<Value> = std::fs::read_to_string(dir.path().join("receipts.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let receipts = logged_receipts(dir.path());
     assert_eq!(receipts.len(), 2);
     assert_eq!(receipts[0]["agent_id"], "agent-7");
     assert_eq!(receipts[0]["decision"], "deny");
@@ -1137,18 +1175,7 @@ async fn serve_flags_set_auth_upstream_key_and_max_rounds_over_the_file() {
     assert_eq!(receipts[1]["decision"], "deny");
     assert_eq!(receipts[1]["reason"]["code"], "max_rounds");
     assert_eq!(receipts[1]["metadata"]["rounds"], 1);
-    let (code, out, err) = run_binary(
-        &[
-            "receipts",
-            "verify",
-            "receipts.jsonl",
-            "--public-key",
-            "issuer.pem",
-        ],
-        dir.path(),
-        &[],
-    );
-    assert!(code.success(), "{out}{err}");
+    assert_log_verifies(dir.path(), "issuer.pem");
     let log = std::fs::read_to_string(dir.path().join("receipts.jsonl")).unwrap();
     assert!(!log.contains("sk-upstream-from"));
     binary.signal("TERM");
@@ -1280,18 +1307,7 @@ async fn a_receipt_log_that_cannot_be_written_stops_every_effect() {
             .await
             .is_ok()
     );
-    let (code, out, err) = run_binary(
-        &[
-            "receipts",
-            "verify",
-            "receipts.jsonl",
-            "--public-key",
-            "key.pem",
-        ],
-        dir.path(),
-        &[],
-    );
-    assert!(code.success(), "{out}{err}");
+    assert_log_verifies(dir.path(), "key.pem");
     let lines = std::fs::read_to_string(dir.path().join("receipts.jsonl"))
         .unwrap()
         .lines()

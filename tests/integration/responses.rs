@@ -10,10 +10,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::common::mock::{MockUpstream, Reply};
-use crate::common::{Binary, WAIT, client, read_to_end, run_binary, shared_fixtures};
+use crate::common::{WAIT, client, read_to_end, shared_fixtures};
 use crate::governance::{
-    ADMIN_TOKEN, Gov, POLICY, TIGHT_BUDGET, oversized_arguments, start, start_with_weather,
-    weather_tool,
+    ADMIN_TOKEN, Gov, POLICY, TIGHT_BUDGET, approvals, assert_log_verifies, decisions,
+    decisions_and_reasons, failing_then_hanging_tool, logged_receipts, oversized_arguments, start,
+    start_with_weather, token, tokens_gateway,
 };
 
 /// A function call item.
@@ -270,9 +271,7 @@ async fn a_response_fetched_by_id_is_the_one_the_client_was_given() {
 #[tokio::test]
 async fn a_streamed_response_fetched_by_id_is_the_one_the_stream_ended_with() {
     let g = start_with_weather(POLICY).await;
-    let mut r1 = Sse::start("resp_1");
-    let c = r1.call(0, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
-    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    push_weather_round(&g);
     let mut r2 = Sse::start("resp_2");
     let m = r2.message(0, "msg_2", &["18 C in Paris."]);
     g.upstream.push(Reply::sse(r2.completed("resp_2", vec![m])));
@@ -725,6 +724,13 @@ async fn stream(g: &Gov, mut body: Value) -> Events {
     read_stream(response.text().await.unwrap())
 }
 
+/// Queues a first round that is only the governed weather call `call_1` (Paris).
+fn push_weather_round(g: &Gov) {
+    let mut r1 = Sse::start("resp_1");
+    let c = r1.call(0, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
+    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+}
+
 #[tokio::test]
 async fn a_governed_call_is_hidden_and_the_stream_reads_as_one_response() {
     let g = start_with_weather(POLICY).await;
@@ -1034,14 +1040,7 @@ async fn recorded_responses_streams_are_governed() {
 
 #[tokio::test]
 async fn governed_tool_failures_and_timeouts_become_error_outputs() {
-    let tool = MockUpstream::start().await;
-    tool.push(Reply::Full {
-        status: 500,
-        headers: vec![],
-        body: "boom".into(),
-    });
-    tool.push(Reply::Hang);
-    let g = start(POLICY, "", Some(tool)).await;
+    let g = start(POLICY, "", Some(failing_then_hanging_tool().await)).await;
     for (n, args) in [
         (1, r#"{"city":"Paris"}"#),
         (2, r#"{"city":"Oslo"}"#),
@@ -1113,13 +1112,10 @@ async fn an_approval_on_this_surface_goes_from_pending_to_consumed() {
     );
     let (_, _, out) = post(&g, &request()).await;
     assert_eq!(output_types(&out), ["message"]);
-    let decisions: Vec<String> = g
-        .proxy
-        .receipt_lines()
-        .iter()
-        .map(|r| r["decision"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(decisions, ["pending", "system", "allow", "pending"]);
+    assert_eq!(
+        decisions(&g.proxy.receipt_lines()),
+        ["pending", "system", "allow", "pending"]
+    );
     g.proxy.verify_receipts();
 }
 
@@ -1287,6 +1283,19 @@ impl Sse {
         self.events
     }
 
+    /// Starts message `id` at `index` and sends `parts` of its text, leaving it
+    /// unfinished.
+    fn unfinished_message(&mut self, index: u64, id: &str, parts: &[&str]) {
+        self.push("response.output_item.added", json!({"output_index": index,
+            "item": {"id": id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}}));
+        for p in parts {
+            self.push(
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": p}),
+            );
+        }
+    }
+
     /// Ends the round with an `error` event (no response object).
     fn error(mut self, code: &str, message: &str) -> Vec<Bytes> {
         self.push(
@@ -1312,6 +1321,18 @@ fn incomplete(id: &str, output: Vec<Value>) -> Value {
     r["status"] = json!("incomplete");
     r["incomplete_details"] = json!({"reason": "max_output_tokens"});
     r
+}
+
+/// Streams [`request`] and checks the stream is valid, hides the weather call
+/// `call_1` and ends with one `kind` event under the client's id `resp_1`.
+async fn stream_ending(g: &Gov, kind: &str) -> Events {
+    let got = stream(g, request()).await;
+    got.assert_valid();
+    assert_hidden(&got, 1);
+    let done = got.terminal();
+    assert_eq!(done["type"], kind);
+    assert_eq!(done["response"]["id"], "resp_1");
+    got
 }
 
 /// Asserts that nothing of the weather call `call_{n}` reached the client.
@@ -1340,14 +1361,10 @@ async fn a_round_that_fails_upstream_ends_the_client_stream_with_that_failure() 
     g.upstream.push(Reply::sse(
         r1.end("response.failed", failed("resp_1", vec![m.clone(), c])),
     ));
-    let got = stream(&g, request()).await;
-    got.assert_valid();
-    assert_hidden(&got, 1);
-    let done = got.terminal();
-    assert_eq!(done["type"], "response.failed");
     // The upstream's own failure, renumbered, under the client's id, with what
     // the client was shown.
-    assert_eq!(done["response"]["id"], "resp_1");
+    let got = stream_ending(&g, "response.failed").await;
+    let done = got.terminal();
     assert_eq!(done["response"]["status"], "failed");
     assert_eq!(done["response"]["output"], json!([m]));
     assert_eq!(done["response"]["usage"]["total_tokens"], 15);
@@ -1380,21 +1397,12 @@ async fn a_round_that_fails_upstream_ends_the_client_stream_with_that_failure() 
     g.upstream
         .push(Reply::sse(r1.completed("resp_1", vec![m, c])));
     let mut r2 = Sse::start("resp_2");
-    r2.push("response.output_item.added", json!({"output_index": 0,
-        "item": {"id": "msg_2", "type": "message", "status": "in_progress", "role": "assistant", "content": []}}));
-    r2.push(
-        "response.output_text.delta",
-        json!({"item_id": "msg_2", "output_index": 0, "content_index": 0, "delta": "18 C"}),
-    );
+    r2.unfinished_message(0, "msg_2", &["18 C"]);
     g.upstream.push(Reply::sse(
         r2.end("response.failed", failed("resp_2", vec![])),
     ));
-    let got = stream(&g, request()).await;
-    got.assert_valid();
-    assert_hidden(&got, 1);
+    let got = stream_ending(&g, "response.failed").await;
     let done = got.terminal();
-    assert_eq!(done["type"], "response.failed");
-    assert_eq!(done["response"]["id"], "resp_1");
     assert_eq!(done["response"]["error"]["code"], "server_error");
     assert_eq!(got.of("response.created").len(), 1);
     let deltas = got.of("response.output_text.delta");
@@ -1421,21 +1429,13 @@ async fn a_round_that_fails_upstream_ends_the_client_stream_with_that_failure() 
     // Round 1 is only the handled call, so round 2's events already carry the
     // client's numbers: the failure still goes out under the client's id.
     let g = start_with_weather(POLICY).await;
-    let mut r1 = Sse::start("resp_1");
-    let c = r1.call(0, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
-    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    push_weather_round(&g);
     let mut r2 = Sse::start("resp_2");
-    r2.push("response.output_item.added", json!({"output_index": 0,
-        "item": {"id": "msg_2", "type": "message", "status": "in_progress", "role": "assistant", "content": []}}));
+    r2.unfinished_message(0, "msg_2", &[]);
     g.upstream.push(Reply::sse(
         r2.end("response.failed", failed("resp_2", vec![])),
     ));
-    let got = stream(&g, request()).await;
-    got.assert_valid();
-    assert_hidden(&got, 1);
-    let done = got.terminal();
-    assert_eq!(done["type"], "response.failed");
-    assert_eq!(done["response"]["id"], "resp_1");
+    let got = stream_ending(&g, "response.failed").await;
     assert!(!got.raw.contains("resp_2"), "{}", got.raw);
     g.proxy.verify_receipts();
 }
@@ -1446,16 +1446,9 @@ async fn an_error_event_mid_stream_is_passed_on_then_the_stream_fails() {
     // message: the client gets the error, then one `response.failed` of
     // tollgate's own under its id, with what it was shown and the usage so far.
     let g = start_with_weather(POLICY).await;
-    let mut r1 = Sse::start("resp_1");
-    let c = r1.call(0, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
-    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    push_weather_round(&g);
     let mut r2 = Sse::start("resp_2");
-    r2.push("response.output_item.added", json!({"output_index": 0,
-        "item": {"id": "msg_2", "type": "message", "status": "in_progress", "role": "assistant", "content": []}}));
-    r2.push(
-        "response.output_text.delta",
-        json!({"item_id": "msg_2", "output_index": 0, "content_index": 0, "delta": "18 C"}),
-    );
+    r2.unfinished_message(0, "msg_2", &["18 C"]);
     g.upstream.push(Reply::sse(
         r2.error("server_error", "The server had an error."),
     ));
@@ -1529,12 +1522,8 @@ async fn a_round_that_ends_incomplete_ends_the_client_stream_incomplete() {
         "response.incomplete",
         incomplete("resp_1", vec![m.clone(), c]),
     )));
-    let got = stream(&g, request()).await;
-    got.assert_valid();
-    assert_hidden(&got, 1);
+    let got = stream_ending(&g, "response.incomplete").await;
     let done = got.terminal();
-    assert_eq!(done["type"], "response.incomplete");
-    assert_eq!(done["response"]["id"], "resp_1");
     assert_eq!(done["response"]["status"], "incomplete");
     assert_eq!(
         done["response"]["incomplete_details"],
@@ -1561,20 +1550,14 @@ async fn a_round_that_ends_incomplete_ends_the_client_stream_incomplete() {
     // Round 2, after a handled round 1, is cut short: one `response.incomplete`,
     // the first round's id, round 2's items, both rounds' usage.
     let g = start_with_weather(POLICY).await;
-    let mut r1 = Sse::start("resp_1");
-    let c = r1.call(0, 1, "weather__current", &["{\"city\":\"Paris\"}"]);
-    g.upstream.push(Reply::sse(r1.completed("resp_1", vec![c])));
+    push_weather_round(&g);
     let mut r2 = Sse::start("resp_2");
     let m = r2.message(0, "msg_2", &["18 C and"]);
     g.upstream.push(Reply::sse(
         r2.end("response.incomplete", incomplete("resp_2", vec![m.clone()])),
     ));
-    let got = stream(&g, request()).await;
-    got.assert_valid();
-    assert_hidden(&got, 1);
+    let got = stream_ending(&g, "response.incomplete").await;
     let done = got.terminal();
-    assert_eq!(done["type"], "response.incomplete");
-    assert_eq!(done["response"]["id"], "resp_1");
     assert_eq!(
         done["response"]["incomplete_details"],
         json!({"reason": "max_output_tokens"})
@@ -1685,28 +1668,6 @@ fn deploy_round(id: &str) -> Vec<Bytes> {
 #[tokio::test]
 async fn a_streamed_approval_goes_from_pending_to_approved_to_consumed() {
     let g = start(POLICY, &format!("admin_token = {ADMIN_TOKEN:?}"), None).await;
-    let approvals = || async {
-        let listed: Value = client()
-            .get(format!("{}/tollgate/approvals", g.proxy.url))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        listed["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["id"].as_str().unwrap().to_owned(),
-                    r["state"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
     // Pending: the model is told to wait, the client sees only its answer.
     g.upstream.push(Reply::sse(deploy_round("resp_1")));
     let mut r2 = Sse::start("resp_2");
@@ -1727,7 +1688,7 @@ async fn a_streamed_approval_goes_from_pending_to_approved_to_consumed() {
     assert_eq!(pending["error"]["type"], "tool_call_pending_approval");
     assert_eq!(pending["error"]["code"], "approval_pending");
     let id = pending["error"]["approval_id"].as_str().unwrap().to_owned();
-    assert_eq!(approvals().await, [(id.clone(), "pending".to_owned())]);
+    assert_eq!(approvals(&g).await, [(id.clone(), "pending".to_owned())]);
 
     let approved = client()
         .post(format!("{}/tollgate/approvals/{id}/approve", g.proxy.url))
@@ -1765,17 +1726,8 @@ async fn a_streamed_approval_goes_from_pending_to_approved_to_consumed() {
     assert_ne!(again["error"]["approval_id"], id.as_str());
 
     let receipts = g.proxy.receipt_lines();
-    let seen: Vec<(&str, &str)> = receipts
-        .iter()
-        .map(|r| {
-            (
-                r["decision"].as_str().unwrap(),
-                r["reason"]["code"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        seen,
+        decisions_and_reasons(&receipts),
         [
             ("pending", "approval_pending"),
             ("system", "approval_approved"),
@@ -1785,21 +1737,14 @@ async fn a_streamed_approval_goes_from_pending_to_approved_to_consumed() {
     );
     assert_eq!(receipts[2]["metadata"]["approval_id"], id.as_str());
     assert_eq!(receipts[2]["surface"], "responses");
-    let states: Vec<String> = approvals().await.into_iter().map(|(_, s)| s).collect();
+    let states: Vec<String> = approvals(&g).await.into_iter().map(|(_, s)| s).collect();
     assert_eq!(states, ["pending", "consumed"]);
     g.proxy.verify_receipts();
 }
 
 #[tokio::test]
 async fn a_governed_tool_failing_or_timing_out_mid_stream_gives_the_model_an_error_output() {
-    let tool = MockUpstream::start().await;
-    tool.push(Reply::Full {
-        status: 500,
-        headers: vec![],
-        body: "boom".into(),
-    });
-    tool.push(Reply::Hang);
-    let g = start(POLICY, "", Some(tool)).await;
+    let g = start(POLICY, "", Some(failing_then_hanging_tool().await)).await;
     // Two governed calls in one round: the first gets a 500, the second no
     // answer within the tool's timeout.
     let mut r1 = Sse::start("resp_1");
@@ -1847,48 +1792,8 @@ async fn a_governed_tool_failing_or_timing_out_mid_stream_gives_the_model_an_err
         tool_requests,
         [json!({"city": "Paris"}), json!({"city": "Oslo"})]
     );
-    let decisions: Vec<String> = g
-        .proxy
-        .receipt_lines()
-        .iter()
-        .map(|r| r["decision"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(decisions, ["allow", "allow"]);
+    assert_eq!(decisions(&g.proxy.receipt_lines()), ["allow", "allow"]);
     g.proxy.verify_receipts();
-}
-
-/// The real binary in `tokens` mode in front of `upstream`, with tollgate's own
-/// upstream key and the weather tool served by `tool`: the binary, its URL, its
-/// directory (policy, receipts) and the key tokens are issued with.
-fn tokens_binary(
-    upstream: &MockUpstream,
-    tool: &MockUpstream,
-) -> (Binary, String, tempfile::TempDir, ed25519_dalek::SigningKey) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = tollgate::keys::generate().unwrap();
-    tollgate::keys::write_signing(&dir.path().join("issuer.pem"), &key, false).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    std::fs::write(
-        dir.path().join("tollgate.toml"),
-        format!(
-            "auth = \"tokens\"\nupstream_key_env = \"TG_TEST_UPSTREAM_KEY\"\npolicy = \"policy.yaml\"\nsigning_key = \"issuer.pem\"\nreceipts = \"receipts.jsonl\"\n{}",
-            weather_tool(tool, 1000)
-        ),
-    )
-    .unwrap();
-    let mut binary = Binary::start(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream.url(),
-        ],
-        dir.path(),
-        &[("TG_TEST_UPSTREAM_KEY", "sk-upstream-secret")],
-    );
-    let url = binary.wait_listening();
-    (binary, url, dir, key)
 }
 
 #[tokio::test]
@@ -1896,22 +1801,10 @@ async fn in_tokens_mode_a_call_outside_the_scope_is_denied_and_its_tool_not_offe
     let upstream = MockUpstream::start().await;
     let tool = MockUpstream::start().await;
     tool.push(Reply::json(r#"{"temp_c":18}"#));
-    let (mut binary, url, dir, key) = tokens_binary(&upstream, &tool);
-    let token = |tools: &[&str]| {
-        let tools: Vec<String> = tools.iter().map(|t| (*t).to_owned()).collect();
-        tollgate::kernel::token::issue(
-            &key,
-            "agent-7",
-            &tools,
-            "tollgate",
-            std::time::Duration::from_secs(600),
-            std::time::SystemTime::now(),
-        )
-        .unwrap()
-    };
+    let mut gw = tokens_gateway(&upstream, &tool);
     let post = |token: String, body: Value| {
         client()
-            .post(format!("{url}/v1/responses"))
+            .post(format!("{}/v1/responses", gw.url))
             .bearer_auth(token)
             .json(&body)
             .send()
@@ -1931,7 +1824,7 @@ async fn in_tokens_mode_a_call_outside_the_scope_is_denied_and_its_tool_not_offe
         )
         .to_string(),
     ));
-    let response_1 = post(token(&["lookup"]), request()).await.unwrap();
+    let response_1 = post(token(&gw.key, &["lookup"]), request()).await.unwrap();
     assert_eq!(response_1.status(), 200);
     let out: Value = response_1.json().await.unwrap();
     assert_eq!(out["id"], "resp_1");
@@ -1946,11 +1839,7 @@ async fn in_tokens_mode_a_call_outside_the_scope_is_denied_and_its_tool_not_offe
         "a governed tool outside the scope is not injected"
     );
     assert!(tool.received().is_empty(), "the denied call did not run");
-    let receipts: Vec<Value> = std::fs::read_to_string(dir.path().join("receipts.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let receipts = logged_receipts(gw.dir.path());
     assert_eq!(receipts.len(), 2);
     assert_eq!(receipts[0]["agent_id"], "agent-7");
     assert_eq!(receipts[0]["surface"], "responses");
@@ -1970,7 +1859,7 @@ async fn in_tokens_mode_a_call_outside_the_scope_is_denied_and_its_tool_not_offe
     follow["previous_response_id"] = json!("resp_1");
     follow["input"] =
         json!([{"type": "function_call_output", "call_id": "call_2", "output": "found"}]);
-    let response_2 = post(token(&["lookup"]), follow).await.unwrap();
+    let response_2 = post(token(&gw.key, &["lookup"]), follow).await.unwrap();
     assert_eq!(response_2.status(), 200);
     let answers = outputs(&sent(1));
     assert_eq!(answers[0].0, "call_1");
@@ -1991,7 +1880,7 @@ async fn in_tokens_mode_a_call_outside_the_scope_is_denied_and_its_tool_not_offe
     upstream.push(Reply::json(
         response("resp_4", vec![message("msg_4", "18 C")]).to_string(),
     ));
-    let response_3 = post(token(&["lookup", "weather__*"]), request())
+    let response_3 = post(token(&gw.key, &["lookup", "weather__*"]), request())
         .await
         .unwrap();
     assert_eq!(response_3.status(), 200);
@@ -2004,18 +1893,7 @@ async fn in_tokens_mode_a_call_outside_the_scope_is_denied_and_its_tool_not_offe
     );
     assert_eq!(tool.received().len(), 1);
 
-    let (code, out, err) = run_binary(
-        &[
-            "receipts",
-            "verify",
-            "receipts.jsonl",
-            "--public-key",
-            "issuer.pem",
-        ],
-        dir.path(),
-        &[],
-    );
-    assert!(code.success(), "{out}{err}");
-    binary.signal("TERM");
-    assert!(binary.wait_exit().success());
+    assert_log_verifies(gw.dir.path(), "issuer.pem");
+    gw.binary.signal("TERM");
+    assert!(gw.binary.wait_exit().success());
 }
