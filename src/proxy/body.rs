@@ -481,22 +481,20 @@ where
 }
 
 /// A response body fed through a channel, for streams tollgate writes itself
-/// (governed streams). Pieces already queued are sent together; when the queue
-/// runs dry with something gathered, the body yields to the runtime a few times
-/// first, so that the upstream connection and the task writing the stream can
-/// hand over what has already arrived (two hops, hence more yields than the
-/// relay's [`BATCH_YIELDS`]). It ends when the sender is dropped.
+/// (governed streams). What the stream's task has already sent is written
+/// together, and written at once: the body never yields to wait for more. A
+/// yield puts the client's write behind everything else the runtime has queued,
+/// and the task writing the stream sends every event it already holds before it
+/// waits on the upstream again, so waiting would gather nothing in a steady
+/// stream and would hold each event (the first byte included) back by as many
+/// trips through the run queue. It ends when the sender is dropped.
 #[derive(Debug)]
 pub struct ChannelBody {
     rx: tokio::sync::mpsc::Receiver<Bytes>,
     batch: Vec<Bytes>,
     batch_len: usize,
-    yields: u8,
     closed: bool,
 }
-
-/// How many times in a row a [`ChannelBody`] yields before it writes what it has.
-const CHANNEL_BATCH_YIELDS: u8 = 4;
 
 impl ChannelBody {
     /// A body reading from `rx`.
@@ -505,7 +503,6 @@ impl ChannelBody {
             rx,
             batch: Vec::new(),
             batch_len: 0,
-            yields: 0,
             closed: false,
         }
     }
@@ -525,23 +522,12 @@ impl Body for ChannelBody {
                 Poll::Ready(Some(bytes)) => {
                     this.batch_len += bytes.len();
                     this.batch.push(bytes);
-                    this.yields = 0;
                 }
                 Poll::Ready(None) => this.closed = true,
-                Poll::Pending => {
-                    if this.batch.is_empty() {
-                        return Poll::Pending;
-                    }
-                    if this.yields < CHANNEL_BATCH_YIELDS {
-                        this.yields += 1;
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    break;
-                }
+                Poll::Pending if this.batch.is_empty() => return Poll::Pending,
+                Poll::Pending => break,
             }
         }
-        this.yields = 0;
         this.batch_len = 0;
         // One piece goes as it is; several are joined into one write.
         let bytes = match this.batch.len() {
@@ -550,5 +536,49 @@ impl Body for ChannelBody {
             _ => Bytes::from(std::mem::take(&mut this.batch).concat()),
         };
         Poll::Ready(Some(Ok(Frame::data(bytes))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll(body: &mut ChannelBody) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(body).poll_frame(&mut cx)
+    }
+
+    fn data(polled: Poll<Option<Result<Frame<Bytes>, BoxError>>>) -> Option<Bytes> {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_channel_body_writes_what_was_sent_at_once_and_together() {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut body = ChannelBody::new(rx);
+        assert!(poll(&mut body).is_pending(), "nothing sent yet");
+        // One event: written on the first poll, not held back for more.
+        tx.try_send(Bytes::from_static(b"data: 1\n\n")).unwrap();
+        assert_eq!(data(poll(&mut body)).as_deref(), Some(&b"data: 1\n\n"[..]));
+        // Several already sent: one write.
+        tx.try_send(Bytes::from_static(b"data: 2\n\n")).unwrap();
+        tx.try_send(Bytes::from_static(b"data: 3\n\n")).unwrap();
+        assert_eq!(
+            data(poll(&mut body)).as_deref(),
+            Some(&b"data: 2\n\ndata: 3\n\n"[..])
+        );
+        assert!(poll(&mut body).is_pending());
+        // The sender gone: what it sent last, then the end.
+        tx.try_send(Bytes::from_static(b"data: [DONE]\n\n"))
+            .unwrap();
+        drop(tx);
+        assert_eq!(
+            data(poll(&mut body)).as_deref(),
+            Some(&b"data: [DONE]\n\n"[..])
+        );
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
     }
 }
