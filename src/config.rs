@@ -171,6 +171,10 @@ pub const DEFAULT_RECEIPTS: &str = "receipts.jsonl";
 pub const DEFAULT_UPSTREAM_KEY_ENV: &str = "OPENAI_API_KEY";
 /// Default most upstream rounds per client request.
 pub const DEFAULT_MAX_ROUNDS: u32 = 8;
+/// How long a changed turn is remembered unless configured.
+pub const DEFAULT_REMEMBER_FOR: Duration = Duration::from_secs(3600);
+/// How many changed turns a surface remembers unless configured.
+pub const DEFAULT_REMEMBER_TURNS: usize = 10_000;
 
 /// What governs `POST /v1/chat/completions` and `POST /v1/responses`.
 #[derive(Debug, Clone)]
@@ -221,8 +225,8 @@ impl Default for GovernConfig {
             token_audience: "tollgate".into(),
             revoked_tokens: None,
             max_rounds: DEFAULT_MAX_ROUNDS,
-            remember_for: Duration::from_secs(3600),
-            remember_turns: 10_000,
+            remember_for: DEFAULT_REMEMBER_FOR,
+            remember_turns: DEFAULT_REMEMBER_TURNS,
             admin_token: None,
             server_id: "tollgate".into(),
             http_tools: Vec::new(),

@@ -851,11 +851,6 @@ impl StreamRewriter {
         self.renumber(terminal.raw, EventData::Whole(terminal.data), None)
     }
 
-    /// The output items the client was shown, over the ended rounds.
-    pub fn shown(&self) -> &[Value] {
-        &self.shown
-    }
-
     /// The id the client knows this response by.
     pub fn response_id(&self) -> Option<&str> {
         self.envelope
@@ -894,12 +889,9 @@ impl StreamRewriter {
         let Some(response) = terminal.data.get("response").filter(|r| r.is_object()) else {
             return self.renumber(terminal.raw, EventData::Whole(terminal.data), None);
         };
-        let shown_now: Vec<Value> = output(response)
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| {
-                u64::try_from(*i).is_ok_and(|i| matches!(self.slots.get(&i), Some(Slot::Shown(_))))
-            })
+        let shown_now: Vec<Value> = (0u64..)
+            .zip(output(response))
+            .filter(|(i, _)| matches!(self.slots.get(i), Some(Slot::Shown(_))))
             .map(|(_, item)| item.clone())
             .collect();
         self.shown.extend(shown_now);

@@ -36,7 +36,7 @@ use crate::adapter::responses::Echo;
 use crate::error::ProxyError;
 use crate::gateway::Identity;
 use crate::turn::Surface;
-use crate::turn::chat::{EventSource, GovernError, StreamEnd};
+use crate::turn::chat::{Caller, EventSource, GovernError, StreamEnd};
 use crate::turn::request::ClientRequest;
 use crate::turn::responses::Prepared;
 
@@ -57,7 +57,7 @@ pub fn surface(method: &http::Method, uri: &Uri) -> Option<Surface> {
 
 /// The id in `GET /v1/responses/{id}`, if that is what `uri` asks for (not its
 /// `input_items`, nor any other path under it).
-fn fetched_response_id<'a>(method: &http::Method, uri: &'a Uri) -> Option<&'a str> {
+pub fn fetched_response_id<'a>(method: &http::Method, uri: &'a Uri) -> Option<&'a str> {
     if method != http::Method::GET {
         return None;
     }
@@ -73,24 +73,17 @@ fn fetched_response_id<'a>(method: &http::Method, uri: &'a Uri) -> Option<&'a st
 /// the first round's, the id the client holds, still lists the calls tollgate
 /// hid and the governed tools it added. Only the agent the response was made
 /// for is answered so (in `passthrough` mode, the same API key). `None`: the
-/// request is not such a fetch, or the response is not this caller's remembered
-/// one, and it goes upstream as it is, which answers it as it answers that key.
-/// A fetch that resumes a stream (`stream=true`) cannot be answered from memory
-/// and is refused rather than relayed.
+/// response `id` (from [`fetched_response_id`]) is not this caller's remembered
+/// one, and the fetch goes upstream as it is, which answers it as it answers
+/// that key. A fetch that resumes a stream (`stream=true`) cannot be answered
+/// from memory and is refused rather than relayed.
 pub fn remembered_response(
     shared: &Shared,
-    req: &Request<Incoming>,
+    caller: &Caller,
+    id: &str,
+    uri: &Uri,
 ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
-    let (method, uri) = (req.method(), req.uri());
-    let id = fetched_response_id(method, uri)?;
-    let identity = match shared.gateway.identify(req.headers()) {
-        Ok(identity) => identity,
-        Err(error) => return Some(Err(error)),
-    };
-    let view = shared
-        .gateway
-        .governance()
-        .presented_response(&identity.caller, id)?;
+    let view = shared.gateway.governance().presented_response(caller, id)?;
     let streams = uri.query().is_some_and(|q| {
         url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "stream" && v == "true")
     });

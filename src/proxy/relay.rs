@@ -80,12 +80,18 @@ async fn route(
         let identity = shared.gateway.identify(req.headers())?;
         return govern::govern(shared, req, request_id, identity, surface).await;
     }
-    let authorization = shared.gateway.relay_authorization(req.headers())?;
     if shared.config.govern.mode == Mode::Govern
-        && let Some(answer) = govern::remembered_response(shared, &req)
+        && let Some(id) = govern::fetched_response_id(req.method(), req.uri())
     {
-        return answer;
+        // One identification serves both: whose remembered response it is, and
+        // the key the fetch goes upstream with otherwise.
+        let identity = shared.gateway.identify(req.headers())?;
+        if let Some(answer) = govern::remembered_response(shared, &identity.caller, id, req.uri()) {
+            return answer;
+        }
+        return forward(shared, req, request_id, identity.upstream_authorization).await;
     }
+    let authorization = shared.gateway.relay_authorization(req.headers())?;
     forward(shared, req, request_id, authorization).await
 }
 

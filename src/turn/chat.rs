@@ -53,8 +53,8 @@ impl Default for Settings {
         Self {
             max_rounds: crate::config::DEFAULT_MAX_ROUNDS,
             server_id: "tollgate".into(),
-            splice_turns: 10_000,
-            splice_ttl: Duration::from_secs(3600),
+            splice_turns: crate::config::DEFAULT_REMEMBER_TURNS,
+            splice_ttl: crate::config::DEFAULT_REMEMBER_FOR,
         }
     }
 }

@@ -227,16 +227,15 @@ impl Governance {
         caller: &Caller,
         upstream_id: Option<&Value>,
         rounds: Rounds,
-        shown: &[Value],
         pending: Vec<Value>,
         view: &Value,
     ) {
         if !rounds.handled_any {
             return;
         }
-        // The id the client was given.
+        // The id the client was given, and the items it was shown.
         let presented_id = view.get("id").and_then(Value::as_str);
-        let shown: Vec<String> = shown
+        let shown: Vec<String> = output(view)
             .iter()
             .filter_map(|item| item_key(item).map(str::to_owned))
             .collect();
@@ -340,16 +339,9 @@ impl Governance {
             rounds.handled_any |= !handled.is_empty();
             if handled.is_empty() || !relayed.is_empty() || is_incomplete(&response) {
                 let upstream_id = response.get("id").cloned();
-                let mut merged = merge_response(&envelope, response, shown.clone(), usage);
+                let mut merged = merge_response(&envelope, response, shown, usage);
                 echo.apply(&mut merged);
-                self.remember_response(
-                    caller,
-                    upstream_id.as_ref(),
-                    rounds,
-                    &shown,
-                    handled,
-                    &merged,
-                );
+                self.remember_response(caller, upstream_id.as_ref(), rounds, handled, &merged);
                 return Ok(Finished {
                     response: merged,
                     rewritten: true,
@@ -374,16 +366,9 @@ impl Governance {
             object.insert("status".into(), json!("completed"));
             object.insert("incomplete_details".into(), Value::Null);
         }
-        let mut merged = merge_response(&envelope, last, shown.clone(), usage);
+        let mut merged = merge_response(&envelope, last, shown, usage);
         echo.apply(&mut merged);
-        self.remember_response(
-            caller,
-            upstream_id.as_ref(),
-            rounds,
-            &shown,
-            pending,
-            &merged,
-        );
+        self.remember_response(caller, upstream_id.as_ref(), rounds, pending, &merged);
         Ok(Finished {
             response: merged,
             rewritten: true,
@@ -461,14 +446,7 @@ impl Governance {
             let incomplete = terminal.kind == TerminalKind::Incomplete;
             if handled.is_empty() || relayed > 0 || incomplete {
                 let view = client.rw.final_response(&response);
-                self.remember_response(
-                    caller,
-                    response.get("id"),
-                    rounds,
-                    client.rw.shown(),
-                    handled,
-                    &view,
-                );
+                self.remember_response(caller, response.get("id"), rounds, handled, &view);
                 let kind = if incomplete {
                     "response.incomplete"
                 } else {
@@ -512,14 +490,7 @@ impl Governance {
             object.insert("status".into(), json!("completed"));
         }
         let view = client.rw.final_response(&last);
-        self.remember_response(
-            caller,
-            upstream_id.as_ref(),
-            rounds,
-            client.rw.shown(),
-            pending,
-            &view,
-        );
+        self.remember_response(caller, upstream_id.as_ref(), rounds, pending, &view);
         let bytes = client.rw.final_event("response.completed", view);
         client.end(bytes, StreamEnd::Completed).await
     }
