@@ -264,7 +264,8 @@ const MAX_BATCH_PIECES: usize = 64;
 
 /// How many times in a row a stream with events gathered lets the runtime run the
 /// upstream connection before it sends them (see [`ResponseBody`]). The connection
-/// hands over one piece per turn and needs two scheduler rounds to do it.
+/// hands over one piece per turn and needs two scheduler rounds to do it. The first
+/// event is never held back this way.
 const BATCH_YIELDS: u8 = 2;
 
 /// Framing state of an event stream.
@@ -277,6 +278,8 @@ struct SseState {
     batch: Vec<Bytes>,
     batch_len: usize,
     yields: u8,
+    /// An event has gone to the client: later ones may wait to be sent together.
+    started: bool,
 }
 
 impl SseState {
@@ -288,6 +291,7 @@ impl SseState {
     /// Everything gathered, as one frame.
     fn take_batch(&mut self) -> Option<Bytes> {
         self.batch_len = 0;
+        self.started |= !self.batch.is_empty();
         match self.batch.len() {
             0 => None,
             1 => self.batch.pop(),
@@ -317,6 +321,9 @@ pin_project! {
     /// [`BATCH_YIELDS`] times in a row) so that the upstream connection can hand over
     /// what it has already received, then sends the batch. This costs no waiting,
     /// only trips through the scheduler, and saves a write to the client per event.
+    /// The first event is sent at once: each yield puts the write behind everything
+    /// the runtime has queued, and the time to the first byte is the one a client
+    /// feels most.
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
@@ -347,6 +354,7 @@ impl<B> ResponseBody<B> {
                 batch: Vec::new(),
                 batch_len: 0,
                 yields: 0,
+                started: false,
             }),
             ending: None,
             request_id,
@@ -449,7 +457,7 @@ where
                 }
                 Poll::Pending => {
                     if let Some(sse) = this.sse.as_mut().filter(|s| !s.batch.is_empty()) {
-                        if sse.yields < BATCH_YIELDS {
+                        if sse.started && sse.yields < BATCH_YIELDS {
                             // Let the upstream connection deliver what it already holds.
                             sse.yields += 1;
                             cx.waker().wake_by_ref();
@@ -553,6 +561,70 @@ mod tests {
             Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
             _ => None,
         }
+    }
+
+    /// An upstream body that answers each poll with the next of its scripted
+    /// answers: `Some(bytes)` a frame, `None` not ready yet; then it ends.
+    struct Scripted(std::collections::VecDeque<Option<&'static [u8]>>);
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.0.pop_front() {
+                Some(Some(bytes)) => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(bytes))))),
+                Some(None) => Poll::Pending,
+                None => Poll::Ready(None),
+            }
+        }
+    }
+
+    fn poll_relayed(
+        body: &mut ResponseBody<Scripted>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(body).poll_frame(&mut cx)
+    }
+
+    #[tokio::test]
+    async fn a_relayed_stream_sends_its_first_event_at_once_and_gathers_later_ones() {
+        let script = [
+            Some(&b"data: 1\n\n"[..]),
+            None,
+            Some(&b"data: 2\n\n"[..]),
+            None,
+            Some(&b"data: 3\n\n"[..]),
+            None,
+            None,
+            None,
+        ];
+        let mut body = ResponseBody::new(
+            Scripted(script.into_iter().collect()),
+            Duration::from_secs(60),
+            Some(StreamErrorStyle::OpenAi),
+            Arc::from("req"),
+        );
+        // The first event goes out on the poll that received it.
+        assert_eq!(
+            data(poll_relayed(&mut body)).as_deref(),
+            Some(&b"data: 1\n\n"[..])
+        );
+        // A later one waits turns of the runtime for more already received, and
+        // what came meanwhile goes with it, in one write.
+        let mut waited = 0;
+        let next = loop {
+            match poll_relayed(&mut body) {
+                Poll::Pending if waited < 8 => waited += 1,
+                other => break other,
+            }
+        };
+        assert!(waited > 0, "a later event was not gathered");
+        assert_eq!(data(next).as_deref(), Some(&b"data: 2\n\ndata: 3\n\n"[..]));
+        assert!(matches!(poll_relayed(&mut body), Poll::Ready(None)));
     }
 
     #[test]
