@@ -412,6 +412,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_REMEMBER_TURNS")]
     pub remember_turns: Option<usize>,
 
+    /// Most bytes of remembered turns on each surface, each turn counted as the
+    /// length of its JSON; past it the oldest are forgotten, and a turn larger
+    /// than all of it is not remembered [default: 67108864, 64 MiB].
+    #[arg(long, env = "TOLLGATE_REMEMBER_BYTES")]
+    pub remember_bytes: Option<u64>,
+
     /// The bearer token of the approvals admin API; without one, that API is off.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

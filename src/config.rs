@@ -86,6 +86,7 @@ pub struct RawConfig {
     max_rounds: Option<u32>,
     remember_for: Option<String>,
     remember_turns: Option<usize>,
+    remember_bytes: Option<u64>,
     admin_token: Option<String>,
     server_id: Option<String>,
     #[serde(default)]
@@ -175,6 +176,9 @@ pub const DEFAULT_MAX_ROUNDS: u32 = 8;
 pub const DEFAULT_REMEMBER_FOR: Duration = Duration::from_secs(3600);
 /// How many changed turns a surface remembers unless configured.
 pub const DEFAULT_REMEMBER_TURNS: usize = 10_000;
+/// How many bytes of changed turns (counted as their JSON) a surface remembers
+/// unless configured.
+pub const DEFAULT_REMEMBER_BYTES: usize = 64 * 1024 * 1024;
 
 /// What governs `POST /v1/chat/completions` and `POST /v1/responses`.
 #[derive(Debug, Clone)]
@@ -204,6 +208,8 @@ pub struct GovernConfig {
     pub remember_for: Duration,
     /// Most turns remembered at once on each surface.
     pub remember_turns: usize,
+    /// Most bytes of remembered turns (counted as their JSON) on each surface.
+    pub remember_bytes: usize,
     /// The admin API's bearer token; the approvals API is off without one.
     pub admin_token: Option<Secret>,
     /// This gateway's id, in receipts.
@@ -227,6 +233,7 @@ impl Default for GovernConfig {
             max_rounds: DEFAULT_MAX_ROUNDS,
             remember_for: DEFAULT_REMEMBER_FOR,
             remember_turns: DEFAULT_REMEMBER_TURNS,
+            remember_bytes: DEFAULT_REMEMBER_BYTES,
             admin_token: None,
             server_id: "tollgate".into(),
             http_tools: Vec::new(),
@@ -366,6 +373,7 @@ impl Config {
             max_rounds: raw.max_rounds,
             remember_for: raw.remember_for,
             remember_turns: raw.remember_turns,
+            remember_bytes: raw.remember_bytes,
             admin_token: raw.admin_token,
             server_id: raw.server_id,
             tools: raw.tools,
@@ -505,6 +513,7 @@ struct RawGovern {
     max_rounds: Option<u32>,
     remember_for: Option<String>,
     remember_turns: Option<usize>,
+    remember_bytes: Option<u64>,
     admin_token: Option<String>,
     server_id: Option<String>,
     tools: ToolsSection,
@@ -514,6 +523,8 @@ struct RawGovern {
 const MAX_REMEMBER_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The most turns a surface may remember.
 const MAX_REMEMBER_TURNS: usize = 1_000_000;
+/// The bounds of the bytes of turns a surface remembers: 64 KiB to 64 GiB.
+const REMEMBER_BYTES: std::ops::RangeInclusive<u64> = 64 * 1024..=64 * 1024 * 1024 * 1024;
 
 fn resolve_govern(
     args: &ServeArgs,
@@ -552,6 +563,21 @@ fn resolve_govern(
     if !(1..=MAX_REMEMBER_TURNS).contains(&remember_turns) {
         return Err(invalid("remember_turns", "must be between 1 and 1000000"));
     }
+    let remember_bytes =
+        args.remember_bytes
+            .or(raw.remember_bytes)
+            .map_or(Ok(d.remember_bytes), |bytes| {
+                REMEMBER_BYTES
+                    .contains(&bytes)
+                    .then(|| usize::try_from(bytes).ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        invalid(
+                            "remember_bytes",
+                            "must be between 65536 (64 KiB) and 68719476736 (64 GiB)",
+                        )
+                    })
+            })?;
     let upstream_key_env = args
         .upstream_key_env
         .clone()
@@ -621,6 +647,7 @@ fn resolve_govern(
         max_rounds,
         remember_for,
         remember_turns,
+        remember_bytes,
         admin_token: admin_token.map(Secret),
         server_id,
         http_tools: raw.tools.http,
@@ -735,24 +762,25 @@ mod tests {
     fn how_long_and_how_many_turns_are_remembered() {
         let d = resolve(ServeArgs::default(), "").unwrap().govern;
         assert_eq!(
-            (d.remember_for, d.remember_turns),
-            (Duration::from_secs(3600), 10_000)
+            (d.remember_for, d.remember_turns, d.remember_bytes),
+            (Duration::from_secs(3600), 10_000, 64 << 20)
         );
-        let file = "remember_for = \"2h\"\nremember_turns = 5\n";
+        let file = "remember_for = \"2h\"\nremember_turns = 5\nremember_bytes = 1048576\n";
         let f = resolve(ServeArgs::default(), file).unwrap().govern;
         assert_eq!(
-            (f.remember_for, f.remember_turns),
-            (Duration::from_secs(7200), 5)
+            (f.remember_for, f.remember_turns, f.remember_bytes),
+            (Duration::from_secs(7200), 5, 1 << 20)
         );
         let flags = ServeArgs {
             remember_for: Some(Duration::from_secs(60)),
             remember_turns: Some(7),
+            remember_bytes: Some(65536),
             ..ServeArgs::default()
         };
         let over = resolve(flags, file).unwrap().govern;
         assert_eq!(
-            (over.remember_for, over.remember_turns),
-            (Duration::from_secs(60), 7)
+            (over.remember_for, over.remember_turns, over.remember_bytes),
+            (Duration::from_secs(60), 7, 65536)
         );
     }
 
@@ -789,6 +817,8 @@ mod tests {
             ("remember_for = \"0s\"", "remember_for"),
             ("remember_for = \"8d\"", "remember_for"),
             ("remember_turns = 0", "remember_turns"),
+            ("remember_bytes = 1024", "remember_bytes"),
+            ("remember_bytes = 68719476737", "remember_bytes"),
             ("max_rounds = 65", "max_rounds"),
             ("tls_cert = \"a.pem\"", "tls_key"),
         ] {

@@ -235,6 +235,7 @@ impl Gateway {
                 max_rounds: config.max_rounds,
                 server_id: config.server_id.clone(),
                 splice_turns: config.remember_turns,
+                splice_bytes: config.remember_bytes,
                 splice_ttl: config.remember_for,
             },
         )

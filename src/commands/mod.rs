@@ -241,8 +241,9 @@ fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
     writeln!(out, "  max rounds:    {}", govern.max_rounds)?;
     writeln!(
         out,
-        "  remembers:     {} turns for {}",
+        "  remembers:     {} turns, {} bytes, for {}",
         govern.remember_turns,
+        govern.remember_bytes,
         humantime::format_duration(govern.remember_for)
     )?;
     Ok(ExitCode::SUCCESS)

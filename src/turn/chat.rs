@@ -44,6 +44,8 @@ pub struct Settings {
     pub server_id: String,
     /// Most remembered turns awaiting the client's results.
     pub splice_turns: usize,
+    /// Most bytes of remembered turns (each counted as its JSON).
+    pub splice_bytes: usize,
     /// How long a remembered turn is kept.
     pub splice_ttl: Duration,
 }
@@ -54,6 +56,7 @@ impl Default for Settings {
             max_rounds: crate::config::DEFAULT_MAX_ROUNDS,
             server_id: "tollgate".into(),
             splice_turns: crate::config::DEFAULT_REMEMBER_TURNS,
+            splice_bytes: crate::config::DEFAULT_REMEMBER_BYTES,
             splice_ttl: crate::config::DEFAULT_REMEMBER_FOR,
         }
     }
@@ -185,8 +188,16 @@ impl Governance {
             kernel: RwLock::new(Arc::new(kernel)),
             receipts,
             tools,
-            splice: SpliceStore::new(settings.splice_turns, settings.splice_ttl),
-            responses: SpliceStore::new(settings.splice_turns, settings.splice_ttl),
+            splice: SpliceStore::new(
+                settings.splice_turns,
+                settings.splice_bytes,
+                settings.splice_ttl,
+            ),
+            responses: SpliceStore::new(
+                settings.splice_turns,
+                settings.splice_bytes,
+                settings.splice_ttl,
+            ),
             settings,
             http,
         })

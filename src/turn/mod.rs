@@ -8,8 +8,9 @@
 //! that the model always sees a complete conversation: every call answered, in the
 //! original order.
 //!
-//! The store lives in memory, holds at most a fixed number of turns and forgets
-//! them after an expiry.
+//! The store lives in memory, holds at most a fixed number of turns and of
+//! bytes (each turn's size counted as its JSON), and forgets turns after an
+//! expiry; past either bound the oldest turns go first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,19 +34,61 @@ pub struct Turn {
     pub relayed: Vec<String>,
 }
 
+/// What a remembered turn holds in memory, about: the length of its JSON.
+pub trait Footprint {
+    /// Bytes, about.
+    fn footprint(&self) -> usize;
+}
+
+/// The length of `value` written as JSON, without writing it anywhere.
+pub fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+impl Footprint for Turn {
+    fn footprint(&self) -> usize {
+        self.agent_id.len()
+            + json_len(&self.assistant)
+            + self
+                .handled
+                .iter()
+                .map(|(id, out)| id.len() + out.len())
+                .sum::<usize>()
+            + self.relayed.iter().map(String::len).sum::<usize>()
+    }
+}
+
 /// Remembered turns, each under one or more keys (call ids, item ids, response
 /// ids).
 #[derive(Debug)]
 pub struct SpliceStore<T = Turn> {
     max_turns: usize,
+    max_bytes: usize,
     ttl: Duration,
     inner: Mutex<Inner<T>>,
 }
 
+/// One remembered turn: when, under which keys, its size.
+type Entry<T> = (Instant, Vec<String>, Arc<T>, usize);
+
 #[derive(Debug)]
 struct Inner<T> {
     by_key: HashMap<String, Arc<T>>,
-    order: VecDeque<(Instant, Vec<String>, Arc<T>)>,
+    order: VecDeque<Entry<T>>,
+    bytes: usize,
 }
 
 impl<T> Default for Inner<T> {
@@ -53,15 +96,18 @@ impl<T> Default for Inner<T> {
         Self {
             by_key: HashMap::new(),
             order: VecDeque::new(),
+            bytes: 0,
         }
     }
 }
 
-impl<T> SpliceStore<T> {
-    /// A store of at most `max_turns` turns, each kept for `ttl`.
-    pub fn new(max_turns: usize, ttl: Duration) -> Self {
+impl<T: Footprint> SpliceStore<T> {
+    /// A store of at most `max_turns` turns and `max_bytes` bytes of them (keys
+    /// included), each kept for `ttl`.
+    pub fn new(max_turns: usize, max_bytes: usize, ttl: Duration) -> Self {
         Self {
             max_turns: max_turns.max(1),
+            max_bytes,
             ttl,
             inner: Mutex::new(Inner::default()),
         }
@@ -75,22 +121,38 @@ impl<T> SpliceStore<T> {
     }
 
     /// Remembers a turn under `keys` at `now`, dropping expired and (past the
-    /// bound) oldest turns.
-    pub fn remember(&self, keys: Vec<String>, turn: T, now: Instant) {
+    /// bounds) oldest turns. Returns false, remembering nothing, for a turn
+    /// larger than the whole byte bound.
+    pub fn remember(&self, keys: Vec<String>, turn: T, now: Instant) -> bool {
+        let size = turn.footprint() + keys.iter().map(String::len).sum::<usize>();
+        if size > self.max_bytes {
+            tracing::warn!(
+                size,
+                max = self.max_bytes,
+                "a turn larger than remember_bytes is not remembered: the client's follow-up will reach the model without its hidden calls"
+            );
+            return false;
+        }
         let turn = Arc::new(turn);
         let mut inner = self.lock();
         Self::expire(&mut inner, now, self.ttl);
-        while inner.order.len() >= self.max_turns {
+        while inner.order.len() >= self.max_turns || inner.bytes + size > self.max_bytes {
+            if inner.order.is_empty() {
+                break;
+            }
             Self::forget_oldest(&mut inner);
         }
         for key in &keys {
             inner.by_key.insert(key.clone(), turn.clone());
         }
-        inner.order.push_back((now, keys, turn));
+        inner.bytes += size;
+        inner.order.push_back((now, keys, turn, size));
+        true
     }
 
     fn forget_oldest(inner: &mut Inner<T>) {
-        if let Some((_, keys, old)) = inner.order.pop_front() {
+        if let Some((_, keys, old, size)) = inner.order.pop_front() {
+            inner.bytes = inner.bytes.saturating_sub(size);
             for key in &keys {
                 // A key a newer turn took over stays with it.
                 if inner.by_key.get(key).is_some_and(|t| Arc::ptr_eq(t, &old)) {
@@ -104,7 +166,7 @@ impl<T> SpliceStore<T> {
         while inner
             .order
             .front()
-            .is_some_and(|(t, _, _)| now.saturating_duration_since(*t) >= ttl)
+            .is_some_and(|(t, ..)| now.saturating_duration_since(*t) >= ttl)
         {
             Self::forget_oldest(inner);
         }
@@ -125,6 +187,11 @@ impl<T> SpliceStore<T> {
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The bytes of the turns remembered, as counted against the bound.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 
@@ -236,7 +303,7 @@ mod tests {
 
     #[test]
     fn the_client_follow_up_gets_the_whole_turn_back_in_order() {
-        let store: SpliceStore = SpliceStore::new(8, Duration::from_secs(60));
+        let store: SpliceStore = SpliceStore::new(8, 1 << 20, Duration::from_secs(60));
         let now = Instant::now();
         store.remember(turn().relayed, turn(), now);
         let mut messages = vec![
@@ -262,7 +329,7 @@ mod tests {
 
     #[test]
     fn another_agent_never_gets_a_turn_it_did_not_have() {
-        let store: SpliceStore = SpliceStore::new(8, Duration::from_secs(60));
+        let store: SpliceStore = SpliceStore::new(8, 1 << 20, Duration::from_secs(60));
         let now = Instant::now();
         store.remember(turn().relayed, turn(), now);
         let mut messages = vec![
@@ -279,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_missing_client_result_is_an_error_not_a_broken_conversation() {
-        let store: SpliceStore = SpliceStore::new(8, Duration::from_secs(60));
+        let store: SpliceStore = SpliceStore::new(8, 1 << 20, Duration::from_secs(60));
         let now = Instant::now();
         store.remember(turn().relayed, turn(), now);
         let mut messages =
@@ -291,8 +358,46 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_bounded_in_bytes_too() {
+        // A turn counts as its JSON and its keys.
+        let footprint = turn().footprint();
+        assert_eq!(
+            footprint,
+            "agent-1".len()
+                + serde_json::to_string(&turn().assistant).unwrap().len()
+                + "call_gov{\"temp_c\":18}call_denied{\"error\":{}}".len()
+                + "call_client".len()
+        );
+        let size = footprint + "call_0".len();
+        // Room for two turns, not three.
+        let bound = 2 * size + size / 2;
+        let store: SpliceStore = SpliceStore::new(100, bound, Duration::from_secs(60));
+        let now = Instant::now();
+        for n in 0..3 {
+            assert!(store.remember(vec![format!("call_{n}")], turn(), now));
+            assert!(store.bytes() <= bound);
+        }
+        assert_eq!((store.len(), store.bytes()), (2, 2 * size));
+        assert!(store.find("call_0", now).is_none(), "the oldest went first");
+        assert!(store.find("call_2", now).is_some());
+        // A turn larger than the whole bound is not remembered and pushes nothing out.
+        let mut large = turn();
+        large.handled[0].1 = "x".repeat(bound);
+        assert!(!store.remember(vec!["call_big".into()], large, now));
+        assert_eq!(store.len(), 2);
+        assert!(store.find("call_big", now).is_none());
+        // Forgotten turns give their bytes back.
+        assert!(
+            store
+                .find("call_2", now + Duration::from_secs(61))
+                .is_none()
+        );
+        assert_eq!(store.bytes(), 0);
+    }
+
+    #[test]
     fn turns_expire_and_the_store_is_bounded() {
-        let store: SpliceStore = SpliceStore::new(2, Duration::from_secs(60));
+        let store: SpliceStore = SpliceStore::new(2, 1 << 20, Duration::from_secs(60));
         let now = Instant::now();
         for n in 0..3 {
             let mut t = turn();

@@ -28,7 +28,7 @@ use super::chat::{
     Caller, EventSource, Finished, GovernError, Governance, Pending, Settled, StreamEnd, from_error,
 };
 use super::request::ClientRequest;
-use super::{SpliceStore, Surface};
+use super::{Footprint, SpliceStore, Surface, json_len};
 use crate::adapter::responses::{
     self as adapter, CallItem, CallKind, Echo, EventData, StreamOutput, StreamRewriter, Terminal,
     TerminalKind, answered_call, continue_request, input_items, item_key, merge_response,
@@ -67,6 +67,22 @@ pub struct ResponsesTurn {
     /// it by id: the upstream holds each round under its own id, and the first
     /// round's, which the client was given, still lists the calls tollgate hid.
     pub view: Value,
+}
+
+impl Footprint for ResponsesTurn {
+    fn footprint(&self) -> usize {
+        self.agent_id.len()
+            + self.presented_id.len()
+            + self.upstream_id.as_ref().map_or(0, String::len)
+            + self
+                .items
+                .iter()
+                .chain(&self.pending)
+                .map(json_len)
+                .sum::<usize>()
+            + self.shown.iter().map(String::len).sum::<usize>()
+            + json_len(&self.view)
+    }
 }
 
 /// Puts remembered responses back into an `input` list: the items of a
@@ -666,7 +682,7 @@ mod tests {
     }
 
     fn store() -> SpliceStore<ResponsesTurn> {
-        let store = SpliceStore::new(8, Duration::from_secs(60));
+        let store = SpliceStore::new(8, 1 << 20, Duration::from_secs(60));
         let turn = remembered();
         let mut keys = turn.shown.clone();
         keys.push(turn.presented_id.clone());

@@ -469,6 +469,51 @@ async fn past_remember_turns_the_oldest_turn_is_forgotten() {
 }
 
 #[tokio::test]
+async fn past_remember_bytes_the_oldest_turns_are_forgotten() {
+    // Each turn below is a little over 40 KiB as JSON: two do not fit in 64 KiB.
+    let g = start(POLICY, "remember_bytes = 65536", None).await;
+    let big = json!({"q": "a".repeat(40 * 1024)}).to_string();
+    let huge = json!({"q": "a".repeat(70 * 1024)}).to_string();
+    g.script(vec![
+        calls(&[("call_a", "lookup", &big), ("call_b", "shell_exec", "{}")]),
+        calls(&[("call_c", "lookup", &big), ("call_d", "shell_exec", "{}")]),
+        calls(&[("call_e", "lookup", &huge), ("call_f", "shell_exec", "{}")]),
+        text("First."),
+        text("Second."),
+        text("Third."),
+    ]);
+    let (_, _, first) = g.chat(&request()).await;
+    let (_, _, second) = g.chat(&request()).await;
+    let (_, _, third) = g.chat(&request()).await;
+    let follow_up = |out: &Value, id: &str| {
+        let mut body = request();
+        let messages = body["messages"].as_array_mut().unwrap();
+        messages.push(out["choices"][0]["message"].clone());
+        messages.push(json!({"role": "tool", "tool_call_id": id, "content": "done"}));
+        body
+    };
+    for (out, id) in [(&first, "call_a"), (&second, "call_c"), (&third, "call_e")] {
+        let (status, _, _) = g.chat(&follow_up(out, id)).await;
+        assert_eq!(status, 200);
+    }
+    let sent = g.sent();
+    assert_eq!(sent.len(), 6);
+    let ids = |request: &Value| -> Vec<String> {
+        tool_messages(request)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    // The second turn pushed the first out; the third, larger than the whole
+    // bound, was never remembered and pushed nothing out.
+    assert_eq!(ids(&sent[3]), ["call_a"]);
+    assert_eq!(ids(&sent[4]), ["call_c", "call_d"]);
+    assert_paired(&sent[4]);
+    assert_eq!(ids(&sent[5]), ["call_e"]);
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
 async fn a_follow_up_missing_a_result_of_a_remembered_turn_is_a_400() {
     let g = start(POLICY, "", None).await;
     g.script(vec![calls(&[

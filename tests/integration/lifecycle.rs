@@ -94,14 +94,23 @@ fn check_validates_file_flags_and_environment() {
     assert!(out.contains("configuration OK"));
     assert!(out.contains("127.0.0.1:7171"));
     assert!(out.contains("idle 42s"));
-    assert!(out.contains("remembers:     10000 turns for 1h"), "{out}");
+    assert!(
+        out.contains("remembers:     10000 turns, 67108864 bytes, for 1h"),
+        "{out}"
+    );
     let (status, out, _) = run_binary(
         &["check", "--remember-turns", "50"],
         dir.path(),
-        &[("TOLLGATE_REMEMBER_FOR", "2h")],
+        &[
+            ("TOLLGATE_REMEMBER_FOR", "2h"),
+            ("TOLLGATE_REMEMBER_BYTES", "1048576"),
+        ],
     );
     assert!(status.success());
-    assert!(out.contains("remembers:     50 turns for 2h"), "{out}");
+    assert!(
+        out.contains("remembers:     50 turns, 1048576 bytes, for 2h"),
+        "{out}"
+    );
     // A variable beats the file, a flag beats the variable.
     let (status, out, _) = run_binary(
         &["check"],
