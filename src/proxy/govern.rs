@@ -1,7 +1,9 @@
 //! The governed endpoints `POST /v1/chat/completions` and `POST /v1/responses`:
 //! the HTTP side of the turn loops in [`crate::turn::chat`] and
 //! [`crate::turn::responses`]; and `GET /v1/responses/{id}` for a response
-//! tollgate changed, answered from what the client was given.
+//! tollgate changed, answered from what the client was given, and for any
+//! other response fetched upstream, with the governed tools tollgate added to
+//! its request taken out of the object's `tools`.
 //!
 //! The request body is read whole (within the body limit and idle timeout),
 //! read as JSON only as far as governing needs ([`ClientRequest`]), spliced and
@@ -84,10 +86,7 @@ pub fn remembered_response(
     uri: &Uri,
 ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
     let view = shared.gateway.governance().presented_response(caller, id)?;
-    let streams = uri.query().is_some_and(|q| {
-        url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "stream" && v == "true")
-    });
-    if streams {
+    if resumes_stream(uri) {
         return Some(Err(ProxyError::BadRequest {
             message: "tollgate changed this response (it decided tool calls in it); it can be fetched whole, not resumed as a stream".into(),
             code: "unsupported_parameter",
@@ -102,6 +101,82 @@ pub fn remembered_response(
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     Some(Ok(response))
+}
+
+/// Fetches `GET /v1/responses/{id}` upstream for a response tollgate does not
+/// remember, when governed tools are configured: the upstream's object lists in
+/// `tools` what the request it answered carried, the governed tools tollgate
+/// added included, which the client never sent. They are taken out, as they are
+/// from the response the client got when it was made. No client tool can carry
+/// a governed tool's name (such a request is refused), so a function of that name
+/// there is one tollgate added. The answer is read whole (within the governed
+/// budget and [`MAX_UPSTREAM_JSON_BYTES`]) and asked for without compression;
+/// anything but a JSON object with such tools keeps its bytes. `None`: no
+/// governed tools, or a fetch that resumes a stream (`stream=true`), which is
+/// relayed as it is.
+pub async fn fetch_response(
+    shared: &Shared,
+    uri: &Uri,
+    headers: &HeaderMap,
+    identity: &Identity,
+) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+    let names = shared.gateway.governance().tool_names();
+    if names.is_empty() || resumes_stream(uri) {
+        return None;
+    }
+    Some(fetch_without(shared, uri, headers, identity, names).await)
+}
+
+async fn fetch_without(
+    shared: &Shared,
+    uri: &Uri,
+    headers: &HeaderMap,
+    identity: &Identity,
+    names: Vec<String>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut request = Request::new(full(Bytes::new()));
+    *request.uri_mut() = upstream::target(&shared.config.upstream, uri)?;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = round_headers(headers.clone(), identity);
+    let timeouts = &shared.config.timeouts;
+    let response =
+        match tokio::time::timeout(timeouts.first_byte, shared.client.request(request)).await {
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    detail: format!("no response headers within {:?}", timeouts.first_byte),
+                });
+            }
+            Ok(Err(e)) => return Err(upstream::classify(&e, timeouts.connect)),
+            Ok(Ok(response)) => response,
+        };
+    let (parts, body) = response.into_parts();
+    let (bytes, _held) = read_answer(shared, body).await?;
+    let json = parts.status == StatusCode::OK
+        && !is_encoded(&parts.headers)
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+    let echo = Echo {
+        previous_response_id: None,
+        injected: names,
+    };
+    let rewritten = json
+        .then(|| serde_json::from_slice::<Value>(&bytes).ok())
+        .flatten()
+        .and_then(|mut object| echo.apply(&mut object).then(|| object.to_string()));
+    Ok(match rewritten {
+        Some(text) => respond(parts, Bytes::from(text)),
+        None => respond(parts, bytes),
+    })
+}
+
+/// Whether a fetch by id asks to resume the response as a stream.
+fn resumes_stream(uri: &Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "stream" && v == "true")
+    })
 }
 
 /// Reads a client's body whole, within the limits, taking its share of the

@@ -89,6 +89,11 @@ async fn route(
         if let Some(answer) = govern::remembered_response(shared, &identity.caller, id, req.uri()) {
             return answer;
         }
+        if let Some(answer) =
+            govern::fetch_response(shared, req.uri(), req.headers(), &identity).await
+        {
+            return answer;
+        }
         return forward(shared, req, request_id, identity.upstream_authorization).await;
     }
     let authorization = shared.gateway.relay_authorization(req.headers())?;

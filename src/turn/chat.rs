@@ -231,6 +231,13 @@ impl Governance {
         &self.tools
     }
 
+    /// The governed tools' names. No client tool may carry one
+    /// ([`adapter::refuse_name_clash`]), so a function tool of such a name in a
+    /// request tollgate sent is one it added.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.tools.iter().map(|t| t.spec().name.clone()).collect()
+    }
+
     /// Remembered turns.
     pub fn splice(&self) -> &SpliceStore {
         &self.splice

@@ -287,6 +287,69 @@ async fn a_streamed_response_fetched_by_id_is_the_one_the_stream_ended_with() {
 }
 
 #[tokio::test]
+async fn a_response_fetched_upstream_lists_only_the_tools_the_client_sent() {
+    let g = start_with_weather(POLICY).await;
+    // A response tollgate did not need to change: its object upstream lists the
+    // request's tools, the governed one tollgate added among them.
+    let stored = json!({"id": "resp_9", "object": "response", "status": "completed",
+        "tools": [
+            {"type": "function", "name": "lookup", "parameters": {"type": "object"}, "strict": true},
+            {"type": "function", "name": "weather__current", "parameters": {"type": "object"}, "strict": false},
+            {"type": "web_search"},
+        ],
+        "output": [{"type": "message", "id": "msg_9", "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello.", "annotations": []}]}]});
+    g.upstream.push(Reply::json(stored.to_string()));
+    let (status, content_type, fetched) =
+        fetch(&g, "resp_9?include[]=reasoning.encrypted_content").await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "application/json");
+    let mut expected = stored.clone();
+    expected["tools"].as_array_mut().unwrap().remove(1);
+    assert_eq!(fetched, expected);
+    let last = g.upstream.received().pop().unwrap();
+    assert_eq!(last.method, http::Method::GET);
+    assert_eq!(
+        last.target,
+        "/v1/responses/resp_9?include[]=reasoning.encrypted_content"
+    );
+    assert_eq!(last.headers["authorization"], "Bearer sk-test-key");
+    assert!(
+        !last.headers.contains_key("accept-encoding"),
+        "the answer is read, so it is asked for uncompressed"
+    );
+    // Without governed tools in it, and on an error, the upstream's bytes.
+    let plain = r#"{"id":"resp_8","object":"response","tools":[{"type":"web_search"}]}"#;
+    g.upstream.push(Reply::json(plain));
+    let response = client()
+        .get(format!("{}/v1/responses/resp_8", g.proxy.url))
+        .bearer_auth("sk-test-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), plain);
+    let missing = r#"{"error":{"message":"No response found with id 'resp_7'.","type":"invalid_request_error","param":null,"code":null}}"#;
+    g.upstream.push(Reply::Full {
+        status: 404,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: missing.into(),
+    });
+    let response = client()
+        .get(format!("{}/v1/responses/resp_7", g.proxy.url))
+        .bearer_auth("sk-test-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.text().await.unwrap(), missing);
+    // Resuming a stream is relayed as it comes.
+    g.upstream.push(Reply::json(stored.to_string()));
+    let (status, _, resumed) = fetch(&g, "resp_9?stream=true").await;
+    assert_eq!(status, 200);
+    assert_eq!(resumed, stored);
+}
+
+#[tokio::test]
 async fn a_governed_tool_is_injected_flat_and_run_and_the_client_sees_the_answer() {
     let g = start_with_weather(POLICY).await;
     script(
