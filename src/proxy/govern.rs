@@ -138,18 +138,7 @@ async fn fetch_without(
     *request.uri_mut() = upstream::target(&shared.config.upstream, uri)?;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = round_headers(headers.clone(), identity);
-    let timeouts = &shared.config.timeouts;
-    let response =
-        match tokio::time::timeout(timeouts.first_byte, shared.client.request(request)).await {
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    detail: format!("no response headers within {:?}", timeouts.first_byte),
-                });
-            }
-            Ok(Err(e)) => return Err(upstream::classify(&e, timeouts.connect)),
-            Ok(Ok(response)) => response,
-        };
-    let (parts, body) = response.into_parts();
+    let (parts, body) = send(shared, request).await?.into_parts();
     let (bytes, _held) = read_answer(shared, body).await?;
     let json = parts.status == StatusCode::OK
         && !is_encoded(&parts.headers)
@@ -286,6 +275,15 @@ async fn send_round(
     request
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    send(shared, request).await
+}
+
+/// Sends a request upstream; returns the response once its headers are in,
+/// within the first-byte timeout.
+async fn send(
+    shared: &Shared,
+    request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, ProxyError> {
     let timeouts = &shared.config.timeouts;
     match tokio::time::timeout(timeouts.first_byte, shared.client.request(request)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout {

@@ -430,6 +430,24 @@ async fn parallel_calls_with_one_denied_then_the_follow_up_is_spliced() {
     g.proxy.verify_receipts();
 }
 
+/// The client's follow-up to `out`: its assistant message and a result for
+/// call `id`.
+fn follow_up(out: &Value, id: &str) -> Value {
+    let mut body = request();
+    let messages = body["messages"].as_array_mut().unwrap();
+    messages.push(out["choices"][0]["message"].clone());
+    messages.push(json!({"role": "tool", "tool_call_id": id, "content": "done"}));
+    body
+}
+
+/// The call ids of a request's tool messages, in order.
+fn ids(request: &Value) -> Vec<String> {
+    tool_messages(request)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
 #[tokio::test]
 async fn past_remember_turns_the_oldest_turn_is_forgotten() {
     let g = start(POLICY, "remember_turns = 1", None).await;
@@ -441,13 +459,6 @@ async fn past_remember_turns_the_oldest_turn_is_forgotten() {
     ]);
     let (_, _, first) = g.chat(&request()).await;
     let (_, _, second) = g.chat(&request()).await;
-    let follow_up = |out: &Value, id: &str| {
-        let mut body = request();
-        let messages = body["messages"].as_array_mut().unwrap();
-        messages.push(out["choices"][0]["message"].clone());
-        messages.push(json!({"role": "tool", "tool_call_id": id, "content": "done"}));
-        body
-    };
     // The second turn took the only place: the first one's follow-up goes
     // upstream as the client sent it, the second one's is completed.
     let (status, _, _) = g.chat(&follow_up(&first, "call_a")).await;
@@ -456,12 +467,6 @@ async fn past_remember_turns_the_oldest_turn_is_forgotten() {
     assert_eq!(status, 200);
     let sent = g.sent();
     assert_eq!(sent.len(), 4);
-    let ids = |request: &Value| -> Vec<String> {
-        tool_messages(request)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
-    };
     assert_eq!(ids(&sent[2]), ["call_a"]);
     assert_eq!(ids(&sent[3]), ["call_c", "call_d"]);
     assert_paired(&sent[3]);
@@ -485,25 +490,12 @@ async fn past_remember_bytes_the_oldest_turns_are_forgotten() {
     let (_, _, first) = g.chat(&request()).await;
     let (_, _, second) = g.chat(&request()).await;
     let (_, _, third) = g.chat(&request()).await;
-    let follow_up = |out: &Value, id: &str| {
-        let mut body = request();
-        let messages = body["messages"].as_array_mut().unwrap();
-        messages.push(out["choices"][0]["message"].clone());
-        messages.push(json!({"role": "tool", "tool_call_id": id, "content": "done"}));
-        body
-    };
     for (out, id) in [(&first, "call_a"), (&second, "call_c"), (&third, "call_e")] {
         let (status, _, _) = g.chat(&follow_up(out, id)).await;
         assert_eq!(status, 200);
     }
     let sent = g.sent();
     assert_eq!(sent.len(), 6);
-    let ids = |request: &Value| -> Vec<String> {
-        tool_messages(request)
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
-    };
     // The second turn pushed the first out; the third, larger than the whole
     // bound, was never remembered and pushed nothing out.
     assert_eq!(ids(&sent[3]), ["call_a"]);

@@ -196,6 +196,16 @@ async fn fetch(g: &Gov, path: &str) -> (StatusCode, String, Value) {
 
 /// [`fetch`] with another API key, or none.
 async fn fetch_as(g: &Gov, path: &str, key: Option<&str>) -> (StatusCode, String, Value) {
+    let (status, content_type, text) = fetch_text(g, path, key).await;
+    (
+        status,
+        content_type,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// [`fetch_as`], the body as it came.
+async fn fetch_text(g: &Gov, path: &str, key: Option<&str>) -> (StatusCode, String, String) {
     let mut request = client().get(format!("{}/v1/responses/{path}", g.proxy.url));
     if let Some(key) = key {
         request = request.bearer_auth(key);
@@ -208,12 +218,7 @@ async fn fetch_as(g: &Gov, path: &str, key: Option<&str>) -> (StatusCode, String
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
     assert!(response.headers().contains_key("x-tollgate-request-id"));
-    let text = response.text().await.unwrap();
-    (
-        status,
-        content_type,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    (status, content_type, response.text().await.unwrap())
 }
 
 #[tokio::test]
@@ -321,27 +326,17 @@ async fn a_response_fetched_upstream_lists_only_the_tools_the_client_sent() {
     // Without governed tools in it, and on an error, the upstream's bytes.
     let plain = r#"{"id":"resp_8","object":"response","tools":[{"type":"web_search"}]}"#;
     g.upstream.push(Reply::json(plain));
-    let response = client()
-        .get(format!("{}/v1/responses/resp_8", g.proxy.url))
-        .bearer_auth("sk-test-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.text().await.unwrap(), plain);
+    let (_, _, text) = fetch_text(&g, "resp_8", Some("sk-test-key")).await;
+    assert_eq!(text, plain);
     let missing = r#"{"error":{"message":"No response found with id 'resp_7'.","type":"invalid_request_error","param":null,"code":null}}"#;
     g.upstream.push(Reply::Full {
         status: 404,
         headers: vec![("content-type".into(), "application/json".into())],
         body: missing.into(),
     });
-    let response = client()
-        .get(format!("{}/v1/responses/resp_7", g.proxy.url))
-        .bearer_auth("sk-test-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
-    assert_eq!(response.text().await.unwrap(), missing);
+    let (status, _, text) = fetch_text(&g, "resp_7", Some("sk-test-key")).await;
+    assert_eq!(status, 404);
+    assert_eq!(text, missing);
     // Resuming a stream is relayed as it comes.
     g.upstream.push(Reply::json(stored.to_string()));
     let (status, _, resumed) = fetch(&g, "resp_9?stream=true").await;
