@@ -413,8 +413,9 @@ pub struct ServeArgs {
     pub remember_turns: Option<usize>,
 
     /// Most bytes of remembered turns on each surface, each turn counted as the
-    /// length of its JSON; past it the oldest are forgotten, and a turn larger
-    /// than all of it is not remembered [default: 67108864, 64 MiB].
+    /// estimated size in memory of its parsed JSON; past it the oldest are
+    /// forgotten, and a turn larger than all of it is not remembered [default:
+    /// 67108864, 64 MiB].
     #[arg(long, env = "TOLLGATE_REMEMBER_BYTES")]
     pub remember_bytes: Option<u64>,
 

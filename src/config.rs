@@ -176,7 +176,7 @@ pub const DEFAULT_MAX_ROUNDS: u32 = 8;
 pub const DEFAULT_REMEMBER_FOR: Duration = Duration::from_secs(3600);
 /// How many changed turns a surface remembers unless configured.
 pub const DEFAULT_REMEMBER_TURNS: usize = 10_000;
-/// How many bytes of changed turns (counted as their JSON) a surface remembers
+/// How many bytes of changed turns (their estimated size in memory) a surface remembers
 /// unless configured.
 pub const DEFAULT_REMEMBER_BYTES: usize = 64 * 1024 * 1024;
 
@@ -208,7 +208,7 @@ pub struct GovernConfig {
     pub remember_for: Duration,
     /// Most turns remembered at once on each surface.
     pub remember_turns: usize,
-    /// Most bytes of remembered turns (counted as their JSON) on each surface.
+    /// Most bytes of remembered turns (their estimated size in memory) on each surface.
     pub remember_bytes: usize,
     /// The admin API's bearer token; the approvals API is off without one.
     pub admin_token: Option<Secret>,

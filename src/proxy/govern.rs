@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -103,57 +103,57 @@ pub fn remembered_response(
     Some(Ok(response))
 }
 
-/// Fetches `GET /v1/responses/{id}` upstream for a response tollgate does not
-/// remember, when governed tools are configured: the upstream's object lists in
-/// `tools` what the request it answered carried, the governed tools tollgate
-/// added included, which the client never sent. They are taken out, as they are
-/// from the response the client got when it was made. No client tool can carry
-/// a governed tool's name (such a request is refused), so a function of that name
-/// there is one tollgate added. The answer is read whole (within the governed
-/// budget and [`MAX_UPSTREAM_JSON_BYTES`]) and asked for without compression;
-/// anything but a JSON object with such tools keeps its bytes. `None`: no
-/// governed tools, or a fetch that resumes a stream (`stream=true`), which is
-/// relayed as it is.
-pub async fn fetch_response(
-    shared: &Shared,
-    uri: &Uri,
-    headers: &HeaderMap,
-    identity: &Identity,
-) -> Option<Result<Response<ProxyBody>, ProxyError>> {
+/// The governed tools' names, when a `GET /v1/responses/{id}` that goes
+/// upstream must be read before it reaches the client: governed tools are
+/// configured, and the fetch does not resume a stream (`stream=true`), which is
+/// relayed as it is. The upstream's object lists in `tools` what the request it
+/// answered carried, the governed tools tollgate added included, which the
+/// client never sent; [`without_governed_tools`] takes them out. The fetch is
+/// sent without `accept-encoding`, so that the answer can be read.
+pub fn fetch_rewrites(shared: &Shared, uri: &Uri) -> Option<Vec<String>> {
     let names = shared.gateway.governance().tool_names();
-    if names.is_empty() || resumes_stream(uri) {
-        return None;
-    }
-    Some(fetch_without(shared, uri, headers, identity, names).await)
+    (!names.is_empty() && !resumes_stream(uri)).then_some(names)
 }
 
-async fn fetch_without(
+/// Takes the governed tools (`names`) out of the `tools` of a response object
+/// fetched upstream, as they are taken out of the response the client got when
+/// it was made. No client tool can carry a governed tool's name (such a request
+/// is refused), so a function of that name there is one tollgate added. Only a
+/// 200 with an uncompressed JSON body whose text names a governed tool is read
+/// and rebuilt (within the governed budget, the parsed tree's estimated size
+/// included, and [`MAX_UPSTREAM_JSON_BYTES`]); everything else passes as the
+/// upstream sent it, streamed.
+pub async fn without_governed_tools(
     shared: &Shared,
-    uri: &Uri,
-    headers: &HeaderMap,
-    identity: &Identity,
+    response: Response<ProxyBody>,
     names: Vec<String>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let mut request = Request::new(full(Bytes::new()));
-    *request.uri_mut() = upstream::target(&shared.config.upstream, uri)?;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = round_headers(headers.clone(), identity);
-    let (parts, body) = send(shared, request).await?.into_parts();
-    let (bytes, _held) = read_answer(shared, body).await?;
-    let json = parts.status == StatusCode::OK
-        && !is_encoded(&parts.headers)
-        && parts
-            .headers
+    let readable = response.status() == StatusCode::OK
+        && !is_encoded(response.headers())
+        && response
+            .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
+    if !readable {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let (bytes, mut held) = read_answer(shared, body).await?;
+    let named = names
+        .iter()
+        .any(|name| memchr::memmem::find(&bytes, name.as_bytes()).is_some());
+    let text = std::str::from_utf8(&bytes).ok().filter(|_| named);
+    let Some(tree) = text.and_then(|t| crate::turn::request::size_of_json(t).ok()) else {
+        return Ok(respond(parts, bytes));
+    };
+    cover(shared, &mut held, bytes.len() + tree)?;
     let echo = Echo {
         previous_response_id: None,
         injected: names,
     };
-    let rewritten = json
-        .then(|| serde_json::from_slice::<Value>(&bytes).ok())
-        .flatten()
+    let rewritten = serde_json::from_slice::<Value>(&bytes)
+        .ok()
         .and_then(|mut object| echo.apply(&mut object).then(|| object.to_string()));
     Ok(match rewritten {
         Some(text) => respond(parts, Bytes::from(text)),
@@ -297,10 +297,14 @@ async fn send(
 /// Reads an upstream answer whole, within the idle timeout between pieces, taking
 /// a share of the governed budget for it as it arrives (as [`read_body`] does for
 /// the request): the share is held as long as the answer is.
-async fn read_answer(
+async fn read_answer<B>(
     shared: &Shared,
-    mut body: Incoming,
-) -> Result<(Bytes, OwnedSemaphorePermit), ProxyError> {
+    mut body: B,
+) -> Result<(Bytes, OwnedSemaphorePermit), ProxyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let idle = shared.config.timeouts.idle;
     let mut held = share(shared)?;
     let mut bytes = Vec::new();

@@ -67,7 +67,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Pro
 
 async fn route(
     shared: &Arc<Shared>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     request_id: &Arc<str>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if let Some(rest) = req.uri().path().strip_prefix(admin::PREFIX) {
@@ -89,12 +89,12 @@ async fn route(
         if let Some(answer) = govern::remembered_response(shared, &identity.caller, id, req.uri()) {
             return answer;
         }
-        if let Some(answer) =
-            govern::fetch_response(shared, req.uri(), req.headers(), &identity).await
-        {
-            return answer;
-        }
-        return forward(shared, req, request_id, identity.upstream_authorization).await;
+        let Some(names) = govern::fetch_rewrites(shared, req.uri()) else {
+            return forward(shared, req, request_id, identity.upstream_authorization).await;
+        };
+        req.headers_mut().remove(header::ACCEPT_ENCODING);
+        let response = forward(shared, req, request_id, identity.upstream_authorization).await?;
+        return govern::without_governed_tools(shared, response, names).await;
     }
     let authorization = shared.gateway.relay_authorization(req.headers())?;
     forward(shared, req, request_id, authorization).await

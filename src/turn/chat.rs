@@ -44,7 +44,7 @@ pub struct Settings {
     pub server_id: String,
     /// Most remembered turns awaiting the client's results.
     pub splice_turns: usize,
-    /// Most bytes of remembered turns (each counted as its JSON).
+    /// Most bytes of remembered turns (their estimated size in memory).
     pub splice_bytes: usize,
     /// How long a remembered turn is kept.
     pub splice_ttl: Duration,

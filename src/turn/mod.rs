@@ -9,8 +9,9 @@
 //! original order.
 //!
 //! The store lives in memory, holds at most a fixed number of turns and of
-//! bytes (each turn's size counted as its JSON), and forgets turns after an
-//! expiry; past either bound the oldest turns go first.
+//! bytes (each turn's size estimated as the governed budget estimates a parsed
+//! body), and forgets turns after an expiry; past either bound the oldest turns
+//! go first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,34 +35,17 @@ pub struct Turn {
     pub relayed: Vec<String>,
 }
 
-/// What a remembered turn holds in memory, about: the length of its JSON.
+/// What a remembered turn holds in memory, estimated: its JSON trees as
+/// [`request::tree_size`] estimates them, and its strings.
 pub trait Footprint {
-    /// Bytes, about.
+    /// Bytes, estimated.
     fn footprint(&self) -> usize;
-}
-
-/// The length of `value` written as JSON, without writing it anywhere.
-pub fn json_len(value: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing a `Value` to a writer that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 impl Footprint for Turn {
     fn footprint(&self) -> usize {
         self.agent_id.len()
-            + json_len(&self.assistant)
+            + request::tree_size(&self.assistant)
             + self
                 .handled
                 .iter()
@@ -136,7 +120,9 @@ impl<T: Footprint> SpliceStore<T> {
         let turn = Arc::new(turn);
         let mut inner = self.lock();
         Self::expire(&mut inner, now, self.ttl);
-        while inner.order.len() >= self.max_turns || inner.bytes + size > self.max_bytes {
+        while inner.order.len() >= self.max_turns
+            || size > self.max_bytes.saturating_sub(inner.bytes)
+        {
             if inner.order.is_empty() {
                 break;
             }
@@ -359,12 +345,12 @@ mod tests {
 
     #[test]
     fn the_store_is_bounded_in_bytes_too() {
-        // A turn counts as its JSON and its keys.
+        // A turn counts as its trees' estimated size, its strings and its keys.
         let footprint = turn().footprint();
         assert_eq!(
             footprint,
             "agent-1".len()
-                + serde_json::to_string(&turn().assistant).unwrap().len()
+                + request::tree_size(&turn().assistant)
                 + "call_gov{\"temp_c\":18}call_denied{\"error\":{}}".len()
                 + "call_client".len()
         );

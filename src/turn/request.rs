@@ -165,8 +165,23 @@ impl Head {
     }
 }
 
+/// The estimated size in memory of a built JSON tree, as [`Head::read`]
+/// estimates it from the text: every string's bytes, a [`SLOT`] per array item
+/// and an [`ENTRY`] plus the key per object entry.
+pub fn tree_size(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(|v| SLOT + tree_size(v)).sum(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| ENTRY + k.len() + tree_size(v))
+            .sum(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
 /// The estimated tree size of one JSON text.
-fn size_of_json(text: &str) -> Result<usize, serde_json::Error> {
+pub fn size_of_json(text: &str) -> Result<usize, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
     let read = Read::Any.deserialize(&mut de)?;
     de.end()?;
@@ -358,19 +373,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The tree size as [`Head::read`] estimates it, computed from a built tree.
-    fn tree_bytes(value: &Value) -> usize {
-        match value {
-            Value::String(s) => s.len(),
-            Value::Array(items) => items.iter().map(|v| SLOT + tree_bytes(v)).sum(),
-            Value::Object(map) => map
-                .iter()
-                .map(|(k, v)| ENTRY + k.len() + tree_bytes(v))
-                .sum(),
-            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-        }
-    }
-
     fn read(value: &Value) -> ClientRequest {
         ClientRequest::read(Bytes::from(value.to_string())).unwrap()
     }
@@ -402,7 +404,7 @@ mod tests {
                 has_tools: true,
                 callable_tools: true,
                 previous_response_id: Some("resp_1".into()),
-                tree_bytes: tree_bytes(&request),
+                tree_bytes: tree_size(&request),
             }
         );
     }
@@ -427,7 +429,7 @@ mod tests {
         );
         assert!(head.has_tools && !head.callable_tools);
         assert_eq!(head.previous_response_id, None);
-        assert_eq!(head.tree_bytes, tree_bytes(&request));
+        assert_eq!(head.tree_bytes, tree_size(&request));
         let empty = read(&json!({"tools": []})).head().clone();
         assert!(!empty.has_tools && !empty.callable_tools);
         let not_a_list = read(&json!({"tools": {"type": "function"}})).head().clone();

@@ -27,8 +27,8 @@ use tokio::sync::mpsc;
 use super::chat::{
     Caller, EventSource, Finished, GovernError, Governance, Pending, Settled, StreamEnd, from_error,
 };
-use super::request::ClientRequest;
-use super::{Footprint, SpliceStore, Surface, json_len};
+use super::request::{ClientRequest, tree_size};
+use super::{Footprint, SpliceStore, Surface};
 use crate::adapter::responses::{
     self as adapter, CallItem, CallKind, Echo, EventData, StreamOutput, StreamRewriter, Terminal,
     TerminalKind, answered_call, continue_request, input_items, item_key, merge_response,
@@ -78,10 +78,10 @@ impl Footprint for ResponsesTurn {
                 .items
                 .iter()
                 .chain(&self.pending)
-                .map(json_len)
+                .map(tree_size)
                 .sum::<usize>()
             + self.shown.iter().map(String::len).sum::<usize>()
-            + json_len(&self.view)
+            + tree_size(&self.view)
     }
 }
 

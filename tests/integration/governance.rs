@@ -475,7 +475,7 @@ async fn past_remember_turns_the_oldest_turn_is_forgotten() {
 
 #[tokio::test]
 async fn past_remember_bytes_the_oldest_turns_are_forgotten() {
-    // Each turn below is a little over 40 KiB as JSON: two do not fit in 64 KiB.
+    // Each turn below holds a little over 40 KiB: two do not fit in 64 KiB.
     let g = start(POLICY, "remember_bytes = 65536", None).await;
     let big = json!({"q": "a".repeat(40 * 1024)}).to_string();
     let huge = json!({"q": "a".repeat(70 * 1024)}).to_string();

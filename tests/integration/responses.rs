@@ -305,10 +305,19 @@ async fn a_response_fetched_upstream_lists_only_the_tools_the_client_sent() {
         "output": [{"type": "message", "id": "msg_9", "role": "assistant",
             "content": [{"type": "output_text", "text": "Hello.", "annotations": []}]}]});
     g.upstream.push(Reply::json(stored.to_string()));
-    let (status, content_type, fetched) =
-        fetch(&g, "resp_9?include[]=reasoning.encrypted_content").await;
-    assert_eq!(status, 200);
-    assert_eq!(content_type, "application/json");
+    let response = client()
+        .get(format!(
+            "{}/v1/responses/resp_9?include[]=reasoning.encrypted_content",
+            g.proxy.url
+        ))
+        .bearer_auth("sk-test-key")
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let fetched: Value = response.json().await.unwrap();
     let mut expected = stored.clone();
     expected["tools"].as_array_mut().unwrap().remove(1);
     assert_eq!(fetched, expected);
