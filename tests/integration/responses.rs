@@ -274,6 +274,34 @@ async fn a_response_fetched_by_id_is_the_one_the_client_was_given() {
 }
 
 #[tokio::test]
+async fn a_response_larger_than_remember_bytes_is_not_remembered() {
+    // The denied call's arguments alone are over the 64 KiB bound.
+    let g = start(POLICY, "remember_bytes = 65536", None).await;
+    let big = json!({"cmd": "x".repeat(70 * 1024)}).to_string();
+    script(
+        &g,
+        vec![
+            response("resp_1", vec![call(1, "shell_exec", &big)]),
+            response("resp_2", vec![message("msg_2", "I may not run that.")]),
+        ],
+    );
+    let (status, _, out) = post(&g, &request()).await;
+    assert_eq!(status, 200);
+    assert_eq!(output_types(&out), ["message"]);
+    // Not remembered: the fetch goes upstream, as for a forgotten response.
+    g.upstream.push(Reply::json(
+        r#"{"id":"resp_1","object":"response","output":[]}"#,
+    ));
+    let (status, _, fetched) = fetch(&g, "resp_1").await;
+    assert_eq!(status, 200);
+    assert_ne!(fetched, out);
+    let last = g.upstream.received().pop().unwrap();
+    assert_eq!(last.method, http::Method::GET);
+    assert_eq!(last.target, "/v1/responses/resp_1");
+    g.proxy.verify_receipts();
+}
+
+#[tokio::test]
 async fn a_streamed_response_fetched_by_id_is_the_one_the_stream_ended_with() {
     let g = start_with_weather(POLICY).await;
     push_weather_round(&g);
@@ -1959,6 +1987,27 @@ async fn in_tokens_mode_a_call_outside_the_scope_is_denied_and_its_tool_not_offe
         [("call_3".into(), r#"{"temp_c":18}"#.into())]
     );
     assert_eq!(tool.received().len(), 1);
+
+    // A fetch by id of a response tollgate did not change goes upstream with
+    // tollgate's key, and comes back without the governed tool it added.
+    let mut stored = response("resp_5", vec![message("msg_5", "Hi.")]);
+    stored["tools"] = json!([
+        {"type": "function", "name": "lookup", "parameters": {"type": "object"}},
+        {"type": "function", "name": "weather__current", "parameters": {"type": "object"}},
+    ]);
+    upstream.push(Reply::json(stored.to_string()));
+    let fetched = client()
+        .get(format!("{}/v1/responses/resp_5", gw.url))
+        .bearer_auth(token(&gw.key, &["lookup", "weather__*"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 200);
+    let fetched: Value = fetched.json().await.unwrap();
+    assert_eq!(fetched["tools"], json!([stored["tools"][0]]));
+    let got = upstream.received().pop().unwrap();
+    assert_eq!(got.method, http::Method::GET);
+    assert_eq!(got.headers["authorization"], "Bearer sk-upstream-secret");
 
     assert_log_verifies(gw.dir.path(), "issuer.pem");
     gw.binary.signal("TERM");
