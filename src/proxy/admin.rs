@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::body::{ProxyBody, full};
+use super::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::kernel::approvals::{Request as Approval, State};
 use crate::receipt::{ActionRecord, Draft, Reason};
@@ -25,12 +25,7 @@ use crate::receipt::{ActionRecord, Draft, Reason};
 pub const PREFIX: &str = "/tollgate/";
 
 fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
-    let mut response = Response::new(full(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let mut response = super::body::json_response(status, body.to_string());
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -38,6 +38,20 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
+/// A complete response of tollgate's own with a JSON body.
+pub fn json_response(
+    status: http::StatusCode,
+    body: impl Into<Bytes>,
+) -> http::Response<ProxyBody> {
+    let mut response = http::Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// An empty body.
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()

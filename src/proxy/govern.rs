@@ -29,7 +29,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::Shared;
 use super::body::{
     ChannelBody, IdleTimer, MAX_HELD_EVENT_BYTES, ProxyBody, RequestBody, RequestBodyFault,
-    RequestBodyOutcome, full,
+    RequestBodyOutcome, full, json_response,
 };
 use super::headers::{is_encoded, is_event_stream, remove_hop_by_hop};
 use super::sse::{Framer, split_events};
@@ -92,15 +92,7 @@ pub fn remembered_response(
             code: "unsupported_parameter",
         }));
     }
-    let body = Bytes::from(view.to_string());
-    let mut response = Response::new(full(body.clone()));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    Some(Ok(response))
+    Some(Ok(json_response(StatusCode::OK, view.to_string())))
 }
 
 /// The governed tools' names, when a `GET /v1/responses/{id}` that goes

@@ -50,8 +50,6 @@ pub struct Prepared {
 pub struct ResponsesTurn {
     /// The agent whose response it is: only its own requests are completed with it.
     pub agent_id: String,
-    /// The id the client was given.
-    pub presented_id: String,
     /// The last round's response id upstream, which a continuation resumes from.
     pub upstream_id: Option<String>,
     /// Every item of every round as the model wrote it, with tollgate's outputs
@@ -60,19 +58,38 @@ pub struct ResponsesTurn {
     /// Outputs of handled calls the upstream has not been sent (the last
     /// round's).
     pub pending: Vec<Value>,
-    /// The keys of the items the client was shown (call ids for calls, item ids
-    /// otherwise).
-    pub shown: Vec<String>,
     /// The response object as the client was given it, for a client that fetches
     /// it by id: the upstream holds each round under its own id, and the first
     /// round's, which the client was given, still lists the calls tollgate hid.
     pub view: Value,
 }
 
+impl ResponsesTurn {
+    /// The id the client was given.
+    pub fn presented_id(&self) -> &str {
+        self.view
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The keys of the items the client was shown (call ids for calls, item ids
+    /// otherwise).
+    pub fn shown(&self) -> impl Iterator<Item = &str> {
+        output(&self.view).iter().filter_map(item_key)
+    }
+
+    /// What the turn is remembered under: the keys of the items the client was
+    /// shown, and the id it was given.
+    pub fn keys(&self) -> Vec<String> {
+        let id = Some(self.presented_id()).filter(|id| !id.is_empty());
+        self.shown().chain(id).map(str::to_owned).collect()
+    }
+}
+
 impl Footprint for ResponsesTurn {
     fn footprint(&self) -> usize {
         self.agent_id.len()
-            + self.presented_id.len()
             + self.upstream_id.as_ref().map_or(0, String::len)
             + self
                 .items
@@ -80,7 +97,6 @@ impl Footprint for ResponsesTurn {
                 .chain(&self.pending)
                 .map(tree_size)
                 .sum::<usize>()
-            + self.shown.iter().map(String::len).sum::<usize>()
             + tree_size(&self.view)
     }
 }
@@ -112,7 +128,7 @@ pub fn splice_responses(
         let rest = items.split_off(i);
         let others: Vec<Value> = rest
             .into_iter()
-            .filter(|item| item_key(item).is_none_or(|k| !turn.shown.iter().any(|s| s == k)))
+            .filter(|item| item_key(item).is_none_or(|k| !turn.shown().any(|s| s == k)))
             .collect();
         items.extend(turn.items.iter().cloned());
         let added = turn.items.len();
@@ -171,7 +187,7 @@ impl Governance {
             .and_then(|id| {
                 self.responses
                     .find(id, now)
-                    .filter(|t| t.presented_id == id && t.agent_id == caller.agent_id)
+                    .filter(|t| t.presented_id() == id && t.agent_id == caller.agent_id)
             });
         let visible = self.visible_tools(caller);
         let clash_possible = self.names_a_tool(request);
@@ -189,7 +205,7 @@ impl Governance {
             if let Some(upstream_id) = turn
                 .upstream_id
                 .as_deref()
-                .filter(|u| *u != turn.presented_id)
+                .filter(|u| *u != turn.presented_id())
             {
                 echo.previous_response_id = tree.get("previous_response_id").cloned();
                 tree["previous_response_id"] = Value::String(upstream_id.to_owned());
@@ -232,7 +248,7 @@ impl Governance {
     pub fn presented_response(&self, caller: &Caller, id: &str) -> Option<Value> {
         self.responses
             .find(id, Instant::now())
-            .filter(|turn| turn.presented_id == id && turn.agent_id == caller.agent_id)
+            .filter(|turn| turn.presented_id() == id && turn.agent_id == caller.agent_id)
             .map(|turn| turn.view.clone())
     }
 
@@ -249,29 +265,14 @@ impl Governance {
         if !rounds.handled_any {
             return;
         }
-        // The id the client was given, and the items it was shown.
-        let presented_id = view.get("id").and_then(Value::as_str);
-        let shown: Vec<String> = output(view)
-            .iter()
-            .filter_map(|item| item_key(item).map(str::to_owned))
-            .collect();
-        let mut keys = shown.clone();
-        if let Some(id) = presented_id {
-            keys.push(id.to_owned());
-        }
-        self.responses.remember(
-            keys,
-            ResponsesTurn {
-                agent_id: caller.agent_id.clone(),
-                presented_id: presented_id.unwrap_or_default().to_owned(),
-                upstream_id: upstream_id.and_then(Value::as_str).map(str::to_owned),
-                items: rounds.items,
-                pending,
-                shown,
-                view: view.clone(),
-            },
-            Instant::now(),
-        );
+        let turn = ResponsesTurn {
+            agent_id: caller.agent_id.clone(),
+            upstream_id: upstream_id.and_then(Value::as_str).map(str::to_owned),
+            items: rounds.items,
+            pending,
+            view: view.clone(),
+        };
+        self.responses.remember(turn.keys(), turn, Instant::now());
     }
 
     /// Decides every call of a round; returns the outputs of the handled ones
@@ -665,7 +666,6 @@ mod tests {
     fn remembered() -> ResponsesTurn {
         ResponsesTurn {
             agent_id: "agent-1".into(),
-            presented_id: "resp_1".into(),
             upstream_id: Some("resp_2".into()),
             items: vec![
                 json!({"type": "reasoning", "id": "rs_1", "encrypted_content": "opaque"}),
@@ -676,17 +676,17 @@ mod tests {
             pending: vec![
                 json!({"type": "function_call_output", "call_id": "call_gov", "output": "18C"}),
             ],
-            shown: vec!["rs_1".into(), "call_client".into()],
-            view: json!({"id": "resp_1", "object": "response"}),
+            view: json!({"id": "resp_1", "object": "response", "output": [
+                {"type": "reasoning", "id": "rs_1", "encrypted_content": "opaque"},
+                {"type": "function_call", "id": "fc_2", "call_id": "call_client", "name": "c", "arguments": "{}"},
+            ]}),
         }
     }
 
     fn store() -> SpliceStore<ResponsesTurn> {
         let store = SpliceStore::new(8, 1 << 20, Duration::from_secs(60));
         let turn = remembered();
-        let mut keys = turn.shown.clone();
-        keys.push(turn.presented_id.clone());
-        store.remember(keys, turn, Instant::now());
+        store.remember(turn.keys(), turn, Instant::now());
         store
     }
 

@@ -243,6 +243,14 @@ impl Binary {
         Self::spawn(command, dir, env)
     }
 
+    /// Starts `tollgate serve` on a free port of 127.0.0.1 in front of `upstream`,
+    /// with `extra` arguments, in `dir`, with `env` added.
+    pub fn serve(upstream: &str, extra: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--upstream", upstream];
+        args.extend_from_slice(extra);
+        Self::start(&args, dir, env)
+    }
+
     /// Starts `tollgate ARGS…` through `sh`, after the shell commands in
     /// `prelude` (resource limits, signal dispositions), which `exec` keeps.
     pub fn start_after(prelude: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {

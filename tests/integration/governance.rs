@@ -950,14 +950,9 @@ pub fn tokens_gateway(upstream: &MockUpstream, tool: &MockUpstream) -> TokensGat
         "auth = \"tokens\"\nupstream_key_env = \"TG_TEST_UPSTREAM_KEY\"\npolicy = \"policy.yaml\"\nsigning_key = \"issuer.pem\"\nreceipts = \"receipts.jsonl\"\n{}",
         weather_tool(tool, 1000)
     ));
-    let mut binary = Binary::start(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream.url(),
-        ],
+    let mut binary = Binary::serve(
+        &upstream.url(),
+        &[],
         dir.path(),
         &[("TG_TEST_UPSTREAM_KEY", "sk-upstream-secret")],
     );
@@ -1135,13 +1130,9 @@ async fn serve_flags_set_auth_upstream_key_and_max_rounds_over_the_file() {
     let (dir, key) = binary_dir(
         "auth = \"passthrough\"\nupstream_key_env = \"TG_TEST_FILE_KEY\"\nmax_rounds = 4\npolicy = \"policy.yaml\"\nsigning_key = \"issuer.pem\"\nreceipts = \"receipts.jsonl\"\n",
     );
-    let mut binary = Binary::start(
+    let mut binary = Binary::serve(
+        &upstream.url(),
         &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream.url(),
             "--auth",
             "tokens",
             "--upstream-key-env",

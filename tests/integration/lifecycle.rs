@@ -227,17 +227,7 @@ async fn https_listener_serves_http1_and_http2_with_the_dev_certificate() {
 async fn sigterm_stops_accepting_and_lets_streams_in_flight_finish() {
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut tollgate = Binary::start(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &mock.url(),
-        ],
-        dir.path(),
-        &[],
-    );
+    let mut tollgate = Binary::serve(&mock.url(), &[], dir.path(), &[]);
     let url = tollgate.wait_listening();
     let (reply, feed) = Reply::stream(
         200,

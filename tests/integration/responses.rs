@@ -150,18 +150,25 @@ async fn an_allowed_client_call_leaves_as_the_upstream_sent_it() {
     g.proxy.verify_receipts();
 }
 
-#[tokio::test]
-async fn a_denied_call_is_answered_to_the_model_from_the_stored_response() {
-    let g = start(POLICY, "", None).await;
+/// A response whose first round is a denied call (`resp_1`, `shell_exec`) and
+/// whose second answers in text (`resp_2`), posted; the client's 200 answer.
+async fn denied_then_answered(g: &Gov) -> Value {
     script(
-        &g,
+        g,
         vec![
             response("resp_1", vec![call(1, "shell_exec", r#"{"cmd":"ls"}"#)]),
             response("resp_2", vec![message("msg_2", "I may not run that.")]),
         ],
     );
-    let (status, _, out) = post(&g, &request()).await;
+    let (status, _, out) = post(g, &request()).await;
     assert_eq!(status, 200);
+    out
+}
+
+#[tokio::test]
+async fn a_denied_call_is_answered_to_the_model_from_the_stored_response() {
+    let g = start(POLICY, "", None).await;
+    let out = denied_then_answered(&g).await;
     assert_eq!(
         out["id"], "resp_1",
         "the client knows the response by one id"
@@ -224,15 +231,7 @@ async fn fetch_text(g: &Gov, path: &str, key: Option<&str>) -> (StatusCode, Stri
 #[tokio::test]
 async fn a_response_fetched_by_id_is_the_one_the_client_was_given() {
     let g = start(POLICY, "", None).await;
-    script(
-        &g,
-        vec![
-            response("resp_1", vec![call(1, "shell_exec", r#"{"cmd":"ls"}"#)]),
-            response("resp_2", vec![message("msg_2", "I may not run that.")]),
-        ],
-    );
-    let (status, _, given) = post(&g, &request()).await;
-    assert_eq!(status, 200);
+    let given = denied_then_answered(&g).await;
     assert_eq!(g.upstream.received().len(), 2);
     // The upstream holds `resp_1` as the first round, with the denied call in
     // it: the fetch is answered from what the client was given instead.
