@@ -14,12 +14,14 @@
 //! drops hidden calls, renumbers `sequence_number` and `output_index`, suppresses
 //! the later rounds' `response.created` and the intermediate terminals, and
 //! builds the one final `response.completed`. An event it does not have to change
-//! leaves with its upstream bytes, and is read only as far as its type, numbers and
-//! item id ([`EventData`]): the whole event is built only for output items,
-//! `response.created`, terminals and events it renumbers.
+//! leaves with its upstream bytes, and is read only as far as its type, numbers,
+//! item id and item type ([`EventData`]): the whole event is built only for the
+//! items of calls, events it renumbers, and the `response.created` and terminal
+//! events of a stream whose response object it has to make.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -416,16 +418,25 @@ impl TerminalKind {
 pub struct Terminal {
     /// Which one.
     pub kind: TerminalKind,
-    /// Its data.
-    pub data: Value,
+    /// Its data, built whole only when asked for.
+    pub event: EventData,
     /// Its bytes as received.
     pub raw: Bytes,
 }
 
+/// What an event that cannot be built reads as.
+static NULL: Value = Value::Null;
+
 impl Terminal {
+    /// Its data (`null` in the one case it could be read for its shape but not
+    /// built, which valid JSON never is).
+    pub fn data(&self) -> &Value {
+        self.event.whole().unwrap_or(&NULL)
+    }
+
     /// The response it carries (`Value::Null` for an `error` event).
     pub fn response(&self) -> &Value {
-        self.data.get("response").unwrap_or(&Value::Null)
+        self.data().get("response").unwrap_or(&NULL)
     }
 }
 
@@ -437,7 +448,7 @@ pub enum StreamOutput {
     /// This call is complete: decide it, then call [`StreamRewriter::decided`].
     Decide(CallItem),
     /// The round ended with this event; nothing of it was sent.
-    End(Terminal),
+    End(Box<Terminal>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -459,31 +470,36 @@ struct Queued {
     index: Option<u64>,
 }
 
-/// One upstream event's `data`: built whole, or read only as far as the fields
-/// the rewriter needs of every event, with its text kept for building it whole
-/// if it has to be renumbered.
-#[derive(Debug)]
-pub enum EventData {
-    /// The whole event.
-    Whole(Value),
-    /// Its text and what was read of it.
-    Shape {
-        /// The `data` text as received.
-        text: String,
-        /// What was read of it.
-        shape: Shape,
-    },
+/// One upstream event's `data`: read as far as the fields the rewriter needs of
+/// every event (its type, numbers, item id, and its item's type and id), with its
+/// text kept; built whole only when something asks for it ([`EventData::whole`]),
+/// which for most events nothing does. Text that is JSON but not of the expected
+/// form is built at once, and its fields are read from the tree.
+#[derive(Debug, Clone)]
+pub struct EventData {
+    text: String,
+    shape: Shape,
+    whole: OnceLock<Option<Value>>,
 }
 
 /// The fields of an event every event is read for.
-#[derive(Debug)]
-pub struct Shape {
+#[derive(Debug, Clone, Default)]
+struct Shape {
     kind: String,
     sequence_number: Option<u64>,
     /// Present (even as `null`) or not.
     output_index: Option<Value>,
     item_id: Option<String>,
     has_response: bool,
+    /// The `item` of an output item's event, when there is one.
+    item: Option<ItemShape>,
+}
+
+/// What every event's `item` is read for.
+#[derive(Debug, Clone, Default)]
+struct ItemShape {
+    kind: Option<String>,
+    id: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -496,10 +512,18 @@ struct PeekEvent<'a> {
     output_index: Option<Value>,
     #[serde(default, borrow)]
     item_id: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "present")]
-    item: Option<serde::de::IgnoredAny>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    item: Option<PeekItem<'a>>,
     #[serde(default, deserialize_with = "present")]
     response: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekItem<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
 }
 
 /// A field that is there, `null` included (serde reads `null` as absent).
@@ -511,98 +535,97 @@ where
     T::deserialize(deserializer).map(Some)
 }
 
-impl EventData {
-    /// Reads one event's `data` text: whole for output items (`item`),
-    /// `response.created` and terminal events, else only its shape when it is an
-    /// object of the expected form. `None` when it is not JSON.
-    pub fn read(text: String) -> Option<Self> {
-        Self::read_named(None, text)
+impl Shape {
+    fn of(data: &Value) -> Self {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        Self {
+            kind: text(data.get("type")).unwrap_or_default(),
+            sequence_number: data.get("sequence_number").and_then(Value::as_u64),
+            output_index: data.get("output_index").cloned(),
+            item_id: text(data.get("item_id")),
+            has_response: data.get("response").is_some(),
+            item: data.get("item").map(|item| ItemShape {
+                kind: text(item.get("type")),
+                id: text(item.get("id")),
+            }),
+        }
     }
+}
 
-    /// [`EventData::read`] for an event whose SSE `event:` field is `name`: one
-    /// named as an event that is built whole (an output item's, `response.created`,
-    /// a terminal one) is built at once instead of being read for its shape
-    /// first. The name only saves that first read: an event built whole answers
-    /// every question a shape does, whatever its `type` turns out to be.
-    pub fn read_named(name: Option<&str>, text: String) -> Option<Self> {
-        if name.is_some_and(|name| {
-            matches!(
-                name,
-                "response.created" | "response.output_item.added" | "response.output_item.done"
-            ) || TerminalKind::of(name).is_some()
-        }) {
-            return serde_json::from_str(&text).ok().map(Self::Whole);
-        }
-        let shape = serde_json::from_str::<PeekEvent<'_>>(&text)
-            .ok()
-            .and_then(|peek| {
-                let kind = peek.kind.as_deref().unwrap_or_default();
-                let whole = peek.item.is_some()
-                    || kind == "response.created"
-                    || TerminalKind::of(kind).is_some();
-                (!whole).then(|| Shape {
-                    kind: kind.to_owned(),
-                    sequence_number: peek.sequence_number,
-                    output_index: peek.output_index,
-                    item_id: peek.item_id.map(Cow::into_owned),
-                    has_response: peek.response.is_some(),
-                })
-            });
-        match shape {
-            Some(shape) => Some(Self::Shape { text, shape }),
-            None => serde_json::from_str(&text).ok().map(Self::Whole),
-        }
+impl EventData {
+    /// Reads one event's `data` text for its shape, or builds it whole when it is
+    /// JSON of another form (an `item` that is not an object, a
+    /// `sequence_number` that is not a number, not an object at all). `None`
+    /// when it is not JSON.
+    pub fn read(text: String) -> Option<Self> {
+        let whole = OnceLock::new();
+        let shape = match serde_json::from_str::<PeekEvent<'_>>(&text) {
+            Ok(peek) => Shape {
+                kind: peek.kind.map(Cow::into_owned).unwrap_or_default(),
+                sequence_number: peek.sequence_number,
+                output_index: peek.output_index,
+                item_id: peek.item_id.map(Cow::into_owned),
+                has_response: peek.response.is_some(),
+                item: peek.item.map(|item| ItemShape {
+                    kind: item.kind.map(Cow::into_owned),
+                    id: item.id.map(Cow::into_owned),
+                }),
+            },
+            Err(_) => {
+                let data = serde_json::from_str::<Value>(&text).ok()?;
+                let shape = Shape::of(&data);
+                let _ = whole.set(Some(data));
+                shape
+            }
+        };
+        Some(Self { text, shape, whole })
     }
 
     fn kind(&self) -> &str {
-        match self {
-            Self::Whole(data) => data.get("type").and_then(Value::as_str).unwrap_or_default(),
-            Self::Shape { shape, .. } => &shape.kind,
-        }
+        &self.shape.kind
     }
 
     fn sequence_number(&self) -> Option<u64> {
-        match self {
-            Self::Whole(data) => data.get("sequence_number").and_then(Value::as_u64),
-            Self::Shape { shape, .. } => shape.sequence_number,
-        }
+        self.shape.sequence_number
     }
 
     fn output_index(&self) -> Option<&Value> {
-        match self {
-            Self::Whole(data) => data.get("output_index"),
-            Self::Shape { shape, .. } => shape.output_index.as_ref(),
-        }
+        self.shape.output_index.as_ref()
     }
 
     fn item_id(&self) -> Option<&str> {
-        match self {
-            Self::Whole(data) => data.get("item_id").and_then(Value::as_str),
-            Self::Shape { shape, .. } => shape.item_id.as_deref(),
-        }
+        self.shape.item_id.as_deref()
     }
 
     fn has_response(&self) -> bool {
-        match self {
-            Self::Whole(data) => data.get("response").is_some(),
-            Self::Shape { shape, .. } => shape.has_response,
-        }
+        self.shape.has_response
     }
 
-    /// The event built whole; `None` only if its text, which was read once
-    /// already, is not JSON after all.
+    /// The event built whole, once; `None` only if its text, which was read
+    /// once already, is not JSON after all.
+    pub fn whole(&self) -> Option<&Value> {
+        self.whole
+            .get_or_init(|| serde_json::from_str(&self.text).ok())
+            .as_ref()
+    }
+
+    /// Whether it was built whole (for tests of what is built when).
+    #[cfg(test)]
+    fn built(&self) -> bool {
+        self.whole.get().is_some()
+    }
+
+    /// The event built whole, as [`EventData::whole`], taken.
     fn into_value(self) -> Option<Value> {
-        match self {
-            Self::Whole(data) => Some(data),
-            Self::Shape { text, .. } => serde_json::from_str(&text).ok(),
+        match self.whole.into_inner() {
+            Some(built) => built,
+            None => serde_json::from_str(&self.text).ok(),
         }
     }
 
-    fn whole(&self) -> Option<&Value> {
-        match self {
-            Self::Whole(data) => Some(data),
-            Self::Shape { .. } => None,
-        }
+    /// The `item` of an output item's event, built.
+    fn item(&self) -> Option<&Value> {
+        self.whole().and_then(|d| d.get("item"))
     }
 }
 
@@ -625,8 +648,9 @@ pub struct StreamRewriter {
     queued_bytes: usize,
     /// This round's hidden call ids.
     hidden: Vec<String>,
-    /// The first round's response (from `response.created`).
-    envelope: Option<Value>,
+    /// The first round's `response.created`, whose response is the envelope of
+    /// the client's (built only if a response object has to be made).
+    envelope: Option<EventData>,
     /// The output items the client was shown in ended rounds.
     shown: Vec<Value>,
     /// Usage of ended rounds.
@@ -655,19 +679,16 @@ impl StreamRewriter {
             .and_then(Value::as_u64)
             .or_else(|| data.item_id().and_then(|id| self.by_item.get(id).copied()));
         let mut decide = None;
-        if let (Some(i), Some(item)) = (index, data.whole().and_then(|d| d.get("item"))) {
+        if let (Some(i), Some(item)) = (index, data.shape.item.as_ref()) {
             if kind == "response.output_item.added" {
-                if let Some(id) = item.get("id").and_then(Value::as_str) {
-                    self.by_item.insert(id.to_owned(), i);
+                if let Some(id) = &item.id {
+                    self.by_item.insert(id.clone(), i);
                 }
-                let call = item
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .is_some_and(is_call_type);
+                let call = item.kind.as_deref().is_some_and(is_call_type);
                 self.slots.insert(
                     i,
                     if call {
-                        Slot::Held(item.clone())
+                        Slot::Held(data.item().cloned().unwrap_or_default())
                     } else {
                         Slot::Waiting
                     },
@@ -675,7 +696,7 @@ impl StreamRewriter {
             } else if kind == "response.output_item.done"
                 && let Some(Slot::Held(added)) = self.slots.get(&i)
             {
-                decide = complete_call(added, item);
+                decide = data.item().and_then(|done| complete_call(added, done));
             }
         }
         self.queued_bytes += raw.len();
@@ -747,11 +768,11 @@ impl StreamRewriter {
             self.queued_bytes -= event.raw.len();
             let kind = event.data.kind();
             if let Some(terminal) = TerminalKind::of(kind) {
-                out.push(StreamOutput::End(Terminal {
+                out.push(StreamOutput::End(Box::new(Terminal {
                     kind: terminal,
-                    data: event.data.into_value().unwrap_or_default(),
+                    event: event.data,
                     raw: event.raw,
-                }));
+                })));
                 self.queue.clear();
                 self.queued_bytes = 0;
                 break;
@@ -761,8 +782,11 @@ impl StreamRewriter {
                     if self.round > 0 {
                         continue;
                     }
-                    if kind == "response.created" && self.envelope.is_none() {
-                        self.envelope = event.data.whole().and_then(|d| d.get("response")).cloned();
+                    if kind == "response.created"
+                        && self.envelope.is_none()
+                        && event.data.has_response()
+                    {
+                        self.envelope = Some(event.data.clone());
                     }
                     out.push(StreamOutput::Emit(
                         self.renumber(event.raw, event.data, None),
@@ -848,13 +872,20 @@ impl StreamRewriter {
     /// The terminal event as the upstream sent it, renumbered if need be (a
     /// stream nothing was changed in).
     pub fn pass_terminal(&mut self, terminal: Terminal) -> Bytes {
-        self.renumber(terminal.raw, EventData::Whole(terminal.data), None)
+        self.renumber(terminal.raw, terminal.event, None)
+    }
+
+    /// The first round's response, from its `response.created`.
+    fn envelope(&self) -> Option<&Value> {
+        self.envelope
+            .as_ref()
+            .and_then(EventData::whole)
+            .and_then(|d| d.get("response"))
     }
 
     /// The id the client knows this response by.
     pub fn response_id(&self) -> Option<&str> {
-        self.envelope
-            .as_ref()
+        self.envelope()
             .and_then(|r| r.get("id"))
             .and_then(Value::as_str)
     }
@@ -869,7 +900,7 @@ impl StreamRewriter {
     /// The response object the stream ends with, as the client sees it: the
     /// first round's envelope, `last`'s state, every item shown, usage summed.
     pub fn final_response(&self, last: &Value) -> Value {
-        let envelope = self.envelope.as_ref().unwrap_or(last);
+        let envelope = self.envelope().unwrap_or(last);
         let mut response = merge_response(
             envelope,
             last.clone(),
@@ -886,9 +917,10 @@ impl StreamRewriter {
     /// items the client was shown in every round, this one's included (never a
     /// call it was not given), and the usage of every round.
     pub fn pass_failure(&mut self, terminal: Terminal) -> Bytes {
-        let Some(response) = terminal.data.get("response").filter(|r| r.is_object()) else {
-            return self.renumber(terminal.raw, EventData::Whole(terminal.data), None);
-        };
+        if !terminal.response().is_object() {
+            return self.renumber(terminal.raw, terminal.event, None);
+        }
+        let response = terminal.response();
         let shown_now: Vec<Value> = (0u64..)
             .zip(output(response))
             .filter(|(i, _)| matches!(self.slots.get(i), Some(Slot::Shown(_))))
@@ -898,7 +930,7 @@ impl StreamRewriter {
         sum_usage(&mut self.usage, response);
         let view = self.final_response(response);
         let kind = terminal
-            .data
+            .data()
             .get("type")
             .cloned()
             .unwrap_or_else(|| json!("response.failed"));
@@ -908,7 +940,7 @@ impl StreamRewriter {
     /// The `response.failed` event that ends a stream tollgate cannot finish:
     /// the items shown so far, the usage so far, and why.
     pub fn failed(&mut self, code: &str, message: &str) -> Bytes {
-        let mut response = self.envelope.clone().unwrap_or_else(
+        let mut response = self.envelope().cloned().unwrap_or_else(
             || json!({"id": null, "object": "response", "created_at": null, "model": null}),
         );
         if let Some(object) = response.as_object_mut() {
@@ -1220,7 +1252,7 @@ mod tests {
         // `response.in_progress` is read only by its shape, and rebuilt for the echo.
         let (r, d) = event(json!({"type": "response.in_progress", "sequence_number": 1,
             "response": {"id": "resp_9", "previous_response_id": "resp_upstream", "tools": []}}));
-        assert!(matches!(d, EventData::Shape { .. }));
+        assert!(!d.built());
         let got = emitted(&rw.push(r, d));
         assert_eq!(got[0]["response"]["previous_response_id"], "resp_client");
         assert_eq!(got[0]["sequence_number"], 1);
@@ -1228,26 +1260,35 @@ mod tests {
 
     #[test]
     fn events_are_built_whole_only_where_the_rewriter_needs_them() {
-        let whole =
-            |data: &str| matches!(EventData::read(data.to_owned()), Some(EventData::Whole(_)));
+        let read = |data: &str| EventData::read(data.to_owned()).unwrap();
+        // Every event of the expected form is read for its shape alone.
         for data in [
-            r#"{"type":"response.created","sequence_number":0,"response":{}}"#,
-            r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"message"}}"#,
-            r#"{"type":"response.output_item.done","output_index":0,"item":null}"#,
-            r#"{"type":"response.completed","response":{}}"#,
+            r#"{"type":"response.created","sequence_number":0,"response":{"id":"r"}}"#,
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"message","id":"m"}}"#,
+            r#"{"type":"response.completed","response":{"output":[]}}"#,
             r#"{"type":"error","message":"x"}"#,
-            // Not of the expected form: read whole, as before.
+        ] {
+            assert!(!read(data).built(), "{data}");
+        }
+        // JSON of another form is built at once, and answers from its tree.
+        for data in [
+            r#"{"type":"response.output_item.done","sequence_number":4,"output_index":1,"item":null}"#,
             r#"{"type":"response.output_text.delta","sequence_number":"3"}"#,
             "[1,2]",
         ] {
-            assert!(whole(data), "{data}");
+            assert!(read(data).built(), "{data}");
         }
-        let shaped = EventData::read(
-            r#"{"type":"response.output_text.delta","sequence_number":3,"output_index":null,"item_id":"msg_1","delta":"hi"}"#
-                .to_owned(),
-        )
-        .unwrap();
-        assert!(matches!(shaped, EventData::Shape { .. }));
+        let odd = read(
+            r#"{"type":"response.output_item.done","sequence_number":4,"output_index":1,"item":null}"#,
+        );
+        assert_eq!(odd.kind(), "response.output_item.done");
+        assert_eq!(odd.sequence_number(), Some(4));
+        assert!(odd.shape.item.is_some(), "a null item is still there");
+        assert!(EventData::read("{not json".to_owned()).is_none());
+
+        let shaped = read(
+            r#"{"type":"response.output_text.delta","sequence_number":3,"output_index":null,"item_id":"msg_1","delta":"hi"}"#,
+        );
         assert_eq!(shaped.kind(), "response.output_text.delta");
         assert_eq!(shaped.sequence_number(), Some(3));
         assert_eq!(
@@ -1258,28 +1299,58 @@ mod tests {
         assert_eq!(shaped.item_id(), Some("msg_1"));
         assert!(!shaped.has_response());
         assert_eq!(shaped.into_value().unwrap()["delta"], "hi");
-        assert!(EventData::read("{not json".to_owned()).is_none());
 
-        // Named as an event built whole, it is built at once, and still answers
-        // as its text says.
-        let named = EventData::read_named(
-            Some("response.output_item.done"),
-            r#"{"type":"response.output_item.done","sequence_number":4,"output_index":1,"item":{"type":"message"}}"#
-                .to_owned(),
-        )
-        .unwrap();
-        assert!(matches!(named, EventData::Whole(_)));
-        assert_eq!(named.kind(), "response.output_item.done");
-        assert_eq!(named.sequence_number(), Some(4));
-        assert!(
-            EventData::read_named(Some("response.completed"), "{not json".to_owned()).is_none()
+        // In a stream nothing is changed in, only the call's items are built.
+        let mut rw = StreamRewriter::new(Echo::default());
+        let push = |rw: &mut StreamRewriter, data: Value| {
+            let text = data.to_string();
+            rw.push(event_bytes(&data), EventData::read(text).unwrap())
+        };
+        push(
+            &mut rw,
+            json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1"}}),
         );
-        // Any other name reads the shape first, as without one.
-        let delta = EventData::read_named(
-            Some("response.output_text.delta"),
-            r#"{"type":"response.output_text.delta","sequence_number":3,"delta":"hi"}"#.to_owned(),
-        )
-        .unwrap();
-        assert!(matches!(delta, EventData::Shape { .. }));
+        assert!(rw.envelope.as_ref().is_some_and(|e| !e.built()));
+        push(
+            &mut rw,
+            json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+                "item": {"id": "msg_1", "type": "message", "content": []}}),
+        );
+        assert_eq!(
+            rw.slots.get(&0),
+            Some(&Slot::Shown(0)),
+            "a message is shown at once"
+        );
+        let call = json!({"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f", "arguments": ""});
+        push(
+            &mut rw,
+            json!({"type": "response.output_item.added", "sequence_number": 2, "output_index": 1, "item": call}),
+        );
+        assert_eq!(
+            rw.slots.get(&1),
+            Some(&Slot::Held(call)),
+            "a call's item is built"
+        );
+        let out = push(
+            &mut rw,
+            json!({"type": "response.output_item.done", "sequence_number": 3, "output_index": 1,
+                "item": {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}}),
+        );
+        let Some(StreamOutput::Decide(decided)) = out.last() else {
+            panic!("the completed call is decided: {out:?}");
+        };
+        assert_eq!(decided.call_id, "call_1");
+        rw.decided(decided, true);
+        let out = push(
+            &mut rw,
+            json!({"type": "response.completed", "sequence_number": 4, "response": {"id": "resp_1", "output": []}}),
+        );
+        let Some(StreamOutput::End(terminal)) = out.last() else {
+            panic!("the round ends: {out:?}");
+        };
+        assert!(!terminal.event.built(), "a terminal is built only if asked");
+        assert_eq!(terminal.response()["id"], "resp_1");
+        // The envelope is built when a response object is made.
+        assert_eq!(rw.response_id(), Some("resp_1"));
     }
 }

@@ -258,6 +258,7 @@ impl ReceiptLog {
             path: path.to_path_buf(),
             file,
             regular,
+            len: None,
             rotate_bytes: options.rotate_bytes,
             file_first_seq: first_seq,
             durable: chain,
@@ -406,6 +407,9 @@ struct Writer {
     path: PathBuf,
     file: File,
     regular: bool,
+    /// The file's length as this writer left it; `None` after a failed write,
+    /// until it is read from the file again.
+    len: Option<u64>,
     rotate_bytes: u64,
     file_first_seq: u64,
     durable: ChainState,
@@ -455,17 +459,29 @@ impl Writer {
         }
     }
 
+    /// The file's length: as the last write left it, or read from the file
+    /// when unknown (the first write, or after one failed).
+    fn len(&mut self) -> Result<u64, LogError> {
+        match self.len {
+            Some(len) => Ok(len),
+            None => {
+                let len = self
+                    .file
+                    .seek(SeekFrom::End(0))
+                    .map_err(|e| io_error(&self.path, e))?;
+                self.len = Some(len);
+                Ok(len)
+            }
+        }
+    }
+
     fn write_batch(&mut self, batch: &[Job]) -> Result<(), LogError> {
         if self.regular && self.rotate_bytes > 0 {
             self.rotate_if_needed(batch[0].receipt.seq)?;
         }
-        let start = if self.regular {
-            self.file
-                .seek(SeekFrom::End(0))
-                .map_err(|e| io_error(&self.path, e))?
-        } else {
-            0
-        };
+        let start = if self.regular { self.len()? } else { 0 };
+        // Known again only once this write is known to have landed whole.
+        self.len = None;
         let mut bytes = Vec::with_capacity(batch.iter().map(|j| j.line.len()).sum());
         for job in batch {
             bytes.extend_from_slice(&job.line);
@@ -485,15 +501,14 @@ impl Writer {
             }
             return Err(io_error(&self.path, e));
         }
+        if self.regular {
+            self.len = Some(start + bytes.len() as u64);
+        }
         Ok(())
     }
 
     fn rotate_if_needed(&mut self, next_seq: u64) -> Result<(), LogError> {
-        let size = self
-            .file
-            .metadata()
-            .map_err(|e| io_error(&self.path, e))?
-            .len();
+        let size = self.len()?;
         if size < self.rotate_bytes || size == 0 {
             return Ok(());
         }
@@ -511,6 +526,7 @@ impl Writer {
             .append(true)
             .open(&self.path)
             .map_err(|e| io_error(&self.path, e))?;
+        self.len = None;
         if let Some(dir) = self.path.parent() {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")

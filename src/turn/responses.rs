@@ -437,7 +437,7 @@ impl Governance {
                 }
                 TerminalKind::Error => {
                     let message = terminal
-                        .data
+                        .data()
                         .get("message")
                         .and_then(Value::as_str)
                         .unwrap_or("the upstream reported an error")
@@ -546,8 +546,7 @@ impl Governance {
             if event.data.is_empty() || event.data.trim() == "[DONE]" {
                 continue;
             }
-            let Some(data) = EventData::read_named(event.event.as_deref(), event.data.into_owned())
-            else {
+            let Some(data) = EventData::read(event.data.into_owned()) else {
                 return Err(client
                     .fail("the upstream sent an event tollgate cannot read")
                     .await);
@@ -560,7 +559,7 @@ impl Governance {
                             return Err(StreamEnd::ClientGone);
                         }
                     }
-                    StreamOutput::End(terminal) => return Ok((terminal, handled, relayed)),
+                    StreamOutput::End(terminal) => return Ok((*terminal, handled, relayed)),
                     StreamOutput::Decide(call) => {
                         let settled = self
                             .settle(

@@ -166,6 +166,16 @@ fn rotation_keeps_the_chain_across_files() {
     log.close();
     let mut files = rotated_files(&path);
     assert!(files.len() >= 2, "no rotation: {files:?}");
+    // A file is rotated at the first write that finds it at the bound or over.
+    let longest = lines(&path).iter().map(|l| l.len() + 1).max().unwrap();
+    for file in &files {
+        let size = std::fs::metadata(file).unwrap().len();
+        assert!(
+            (4096..4096 + longest as u64).contains(&size),
+            "{} is {size} bytes",
+            file.display()
+        );
+    }
     files.push(path.clone());
     let report = verify(&files, &[key().verifying_key()]);
     assert!(report.ok(), "{:?}", report.failure);
