@@ -513,7 +513,7 @@ struct PeekEvent<'a> {
     #[serde(default, borrow)]
     item_id: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "present")]
-    item: Option<PeekItem<'a>>,
+    item: Option<Object<PeekItem<'a>>>,
     #[serde(default, deserialize_with = "present")]
     response: Option<serde::de::IgnoredAny>,
 }
@@ -524,6 +524,28 @@ struct PeekItem<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     id: Option<Cow<'a, str>>,
+}
+
+/// A struct read from a JSON object only: serde's derived structs take an array
+/// too, field by field, which no event of this API is.
+struct Object<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Fields(std::marker::PhantomData))
+            .map(Object)
+    }
 }
 
 /// A field that is there, `null` included (serde reads `null` as absent).
@@ -559,14 +581,14 @@ impl EventData {
     /// when it is not JSON.
     pub fn read(text: String) -> Option<Self> {
         let whole = OnceLock::new();
-        let shape = match serde_json::from_str::<PeekEvent<'_>>(&text) {
-            Ok(peek) => Shape {
+        let shape = match serde_json::from_str::<Object<PeekEvent<'_>>>(&text) {
+            Ok(Object(peek)) => Shape {
                 kind: peek.kind.map(Cow::into_owned).unwrap_or_default(),
                 sequence_number: peek.sequence_number,
                 output_index: peek.output_index,
                 item_id: peek.item_id.map(Cow::into_owned),
                 has_response: peek.response.is_some(),
-                item: peek.item.map(|item| ItemShape {
+                item: peek.item.map(|Object(item)| ItemShape {
                     kind: item.kind.map(Cow::into_owned),
                     id: item.id.map(Cow::into_owned),
                 }),
@@ -786,6 +808,10 @@ impl StreamRewriter {
                         && self.envelope.is_none()
                         && event.data.has_response()
                     {
+                        if !self.echo.is_empty() {
+                            // Rebuilt for the echo below: built once, for both.
+                            event.data.whole();
+                        }
                         self.envelope = Some(event.data.clone());
                     }
                     out.push(StreamOutput::Emit(
@@ -1274,10 +1300,18 @@ mod tests {
         for data in [
             r#"{"type":"response.output_item.done","sequence_number":4,"output_index":1,"item":null}"#,
             r#"{"type":"response.output_text.delta","sequence_number":"3"}"#,
+            r#"{"type":"response.output_item.added","output_index":0,"item":["function_call"]}"#,
+            r#"["response.completed"]"#,
             "[1,2]",
         ] {
             assert!(read(data).built(), "{data}");
         }
+        // An array is no event of this API, whatever it holds.
+        assert_eq!(read(r#"["response.completed"]"#).kind(), "");
+        let listed = read(
+            r#"{"type":"response.output_item.added","output_index":0,"item":["function_call"]}"#,
+        );
+        assert!(listed.shape.item.as_ref().is_some_and(|i| i.kind.is_none()));
         let odd = read(
             r#"{"type":"response.output_item.done","sequence_number":4,"output_index":1,"item":null}"#,
         );
@@ -1311,29 +1345,27 @@ mod tests {
             json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1"}}),
         );
         assert!(rw.envelope.as_ref().is_some_and(|e| !e.built()));
-        push(
-            &mut rw,
-            json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
-                "item": {"id": "msg_1", "type": "message", "content": []}}),
-        );
-        assert_eq!(
-            rw.slots.get(&0),
-            Some(&Slot::Shown(0)),
-            "a message is shown at once"
-        );
         let call = json!({"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f", "arguments": ""});
         push(
             &mut rw,
-            json!({"type": "response.output_item.added", "sequence_number": 2, "output_index": 1, "item": call}),
+            json!({"type": "response.output_item.added", "sequence_number": 1, "output_index": 0, "item": call}),
         );
         assert_eq!(
-            rw.slots.get(&1),
+            rw.slots.get(&0),
             Some(&Slot::Held(call)),
             "a call's item is built"
         );
+        // A message behind the held call waits in the queue, unbuilt.
+        push(
+            &mut rw,
+            json!({"type": "response.output_item.added", "sequence_number": 2, "output_index": 1,
+                "item": {"id": "msg_1", "type": "message", "content": []}}),
+        );
+        assert_eq!(rw.slots.get(&1), Some(&Slot::Waiting));
+        assert!(rw.queue.back().is_some_and(|q| !q.data.built()));
         let out = push(
             &mut rw,
-            json!({"type": "response.output_item.done", "sequence_number": 3, "output_index": 1,
+            json!({"type": "response.output_item.done", "sequence_number": 3, "output_index": 0,
                 "item": {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}}),
         );
         let Some(StreamOutput::Decide(decided)) = out.last() else {

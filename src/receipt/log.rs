@@ -408,7 +408,8 @@ struct Writer {
     file: File,
     regular: bool,
     /// The file's length as this writer left it; `None` after a failed write,
-    /// until it is read from the file again.
+    /// until it is read from the file again. The log is tollgate's alone: a file
+    /// cut short from outside (a `copytruncate`) is rotated early, nothing worse.
     len: Option<u64>,
     rotate_bytes: u64,
     file_first_seq: u64,
@@ -492,12 +493,16 @@ impl Writer {
             .and_then(|()| self.file.sync_data());
         if let Err(e) = result {
             if self.regular {
-                // Cut the partial batch back off; if even that fails, the next
-                // start will cut it as a torn line.
-                let _ = self
-                    .file
-                    .set_len(start)
-                    .and_then(|()| self.file.sync_data());
+                // Cut the partial batch back off (never growing the file, should
+                // it be shorter than this writer thought); if even that fails,
+                // the next start will cut it as a torn line.
+                let _ = self.file.metadata().and_then(|m| {
+                    if m.len() > start {
+                        self.file.set_len(start)?;
+                        self.file.sync_data()?;
+                    }
+                    Ok(())
+                });
             }
             return Err(io_error(&self.path, e));
         }

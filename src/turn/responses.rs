@@ -431,8 +431,8 @@ impl Governance {
             };
             match terminal.kind {
                 TerminalKind::Failed => {
-                    let bytes = client.rw.pass_failure(terminal.clone());
                     let message = failure_message(terminal.response());
+                    let bytes = client.rw.pass_failure(terminal);
                     return client.end(bytes, StreamEnd::Failed(message)).await;
                 }
                 TerminalKind::Error => {

@@ -167,7 +167,13 @@ fn rotation_keeps_the_chain_across_files() {
     let mut files = rotated_files(&path);
     assert!(files.len() >= 2, "no rotation: {files:?}");
     // A file is rotated at the first write that finds it at the bound or over.
-    let longest = lines(&path).iter().map(|l| l.len() + 1).max().unwrap();
+    let longest = files
+        .iter()
+        .chain([&path])
+        .flat_map(|f| lines(f))
+        .map(|l| l.len() + 1)
+        .max()
+        .unwrap();
     for file in &files {
         let size = std::fs::metadata(file).unwrap().len();
         assert!(
