@@ -4,7 +4,11 @@
 //! An append takes the chain lock just long enough to number the record, link it
 //! to the previous line, sign it on the caller's thread and queue it; a dedicated
 //! writer thread writes every queued line, syncs once for the whole batch (group
-//! commit) and only then answers each caller. The chain makes every signature
+//! commit) and only then answers each caller. A record whose caller can wait a
+//! little ([`Grouping::MayWait`]: a call in a stream, whose client is already
+//! being answered) waits up to [`GROUP_WAIT`] for others to share its sync while
+//! the log is busy; one whose caller cannot ([`Grouping::Now`]) is written at
+//! once, with whatever is waiting. The chain makes every signature
 //! depend on the previous line, so numbering and signing are one short critical
 //! section; everything else (building the draft, redaction, hashing the arguments)
 //! happens before it, on the caller's task.
@@ -20,9 +24,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ed25519_dalek::SigningKey;
 use serde_json::json;
@@ -32,6 +37,25 @@ use super::record::{ActionRecord, Draft, GENESIS, Prepared, Reason, Receipt, lin
 /// Most lines written per sync.
 const MAX_BATCH: usize = 4096;
 
+/// How long a record that may wait waits for others to share its sync, by
+/// default.
+pub const GROUP_WAIT: Duration = Duration::from_millis(1);
+
+/// A record waits only while the log is this busy, by default: the record
+/// before it came less than this long before it. An idle log never makes a
+/// record wait.
+pub const BUSY: Duration = Duration::from_millis(5);
+
+/// Whether a record may wait for others to share its sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// Written at once: its caller's whole answer waits for it.
+    Now,
+    /// May wait up to [`GROUP_WAIT`] while the log is busy: its caller is
+    /// already answering (a call in a stream, whose events follow it).
+    MayWait,
+}
+
 /// Options of a log.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
@@ -39,6 +63,12 @@ pub struct LogOptions {
     pub rotate_bytes: u64,
     /// The gateway's id, for the log's own records.
     pub server_id: String,
+    /// How long a [`Grouping::MayWait`] record waits for others to share its
+    /// sync (zero: never).
+    pub group_wait: Duration,
+    /// How close the record before must have come for the log to count as busy,
+    /// the only time a record waits.
+    pub busy: Duration,
 }
 
 impl Default for LogOptions {
@@ -46,6 +76,8 @@ impl Default for LogOptions {
         Self {
             rotate_bytes: 64 * 1024 * 1024,
             server_id: "tollgate".into(),
+            group_wait: GROUP_WAIT,
+            busy: BUSY,
         }
     }
 }
@@ -81,6 +113,9 @@ struct ChainState {
 struct Job {
     /// Where the chain stands once this record is durable.
     after: ChainState,
+    grouping: Grouping,
+    /// When it was queued.
+    queued: Instant,
     line: Vec<u8>,
     receipt: Receipt,
     reply: tokio::sync::oneshot::Sender<Result<Receipt, LogError>>,
@@ -92,6 +127,8 @@ struct Shared {
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     /// The last write failure, until a write succeeds again.
     failing: Mutex<Option<String>>,
+    /// Batches written and synced.
+    syncs: AtomicU64,
 }
 
 /// An open receipt log.
@@ -252,6 +289,7 @@ impl ReceiptLog {
             key,
             queue: Mutex::new(Some(tx)),
             failing: Mutex::new(None),
+            syncs: AtomicU64::new(0),
         });
         let first_seq = if regular { first_seq_of(path) } else { None }.unwrap_or(chain.next_seq);
         let mut writer = Writer {
@@ -259,6 +297,8 @@ impl ReceiptLog {
             file,
             regular,
             len: None,
+            group_wait: options.group_wait,
+            busy: options.busy,
             rotate_bytes: options.rotate_bytes,
             file_first_seq: first_seq,
             durable: chain,
@@ -285,6 +325,12 @@ impl ReceiptLog {
         &self.path
     }
 
+    /// How many batches have been written and synced since the log was opened
+    /// (each one sync, however many records it held).
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
     /// Why the last write failed, while appends are failing; `None` when the log
     /// is writable (as far as the last write knows).
     pub fn failure(&self) -> Option<String> {
@@ -299,6 +345,7 @@ impl ReceiptLog {
     fn submit(
         &self,
         draft: Draft,
+        grouping: Grouping,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Receipt, LogError>>, LogError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         // Everything that does not depend on the chain is done before the lock.
@@ -329,6 +376,8 @@ impl ReceiptLog {
         sender
             .send(Job {
                 after: after.clone(),
+                grouping,
+                queued: Instant::now(),
                 line,
                 receipt,
                 reply,
@@ -341,13 +390,23 @@ impl ReceiptLog {
     /// Appends a record; returns it once it is durable. If this fails, the record
     /// is not in the log and the decision must not take effect.
     pub async fn append(&self, draft: Draft) -> Result<Receipt, LogError> {
-        let rx = self.submit(draft)?;
+        self.append_grouped(draft, Grouping::Now).await
+    }
+
+    /// [`ReceiptLog::append`], saying whether the record may wait for others to
+    /// share its sync.
+    pub async fn append_grouped(
+        &self,
+        draft: Draft,
+        grouping: Grouping,
+    ) -> Result<Receipt, LogError> {
+        let rx = self.submit(draft, grouping)?;
         rx.await.map_err(|_| LogError::Closed)?
     }
 
     /// [`ReceiptLog::append`] for threads outside an async runtime.
     pub fn append_blocking(&self, draft: Draft) -> Result<Receipt, LogError> {
-        let rx = self.submit(draft)?;
+        let rx = self.submit(draft, Grouping::Now)?;
         rx.blocking_recv().map_err(|_| LogError::Closed)?
     }
 
@@ -411,6 +470,8 @@ struct Writer {
     /// until it is read from the file again. The log is tollgate's alone: a file
     /// cut short from outside (a `copytruncate`) is rotated early, nothing worse.
     len: Option<u64>,
+    group_wait: Duration,
+    busy: Duration,
     rotate_bytes: u64,
     file_first_seq: u64,
     durable: ChainState,
@@ -422,13 +483,29 @@ impl Writer {
     /// thread's work (`bench/instructions` reports it).
     #[inline(never)]
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        let mut last_arrival: Option<Instant> = None;
         while let Ok(first) = rx.recv() {
+            let arrived = Instant::now();
+            let busy = last_arrival.is_some_and(|last| arrived.duration_since(last) < self.busy);
+            last_arrival = Some(arrived);
+            let mut wait =
+                busy && first.grouping == Grouping::MayWait && !self.group_wait.is_zero();
+            let deadline = first.queued + self.group_wait;
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+                let next = if wait {
+                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        .ok()
+                } else {
+                    rx.try_recv().ok()
+                };
+                let Some(job) = next else {
+                    break;
+                };
+                last_arrival = Some(Instant::now());
+                // One that cannot wait is written at once, with the others.
+                wait &= job.grouping == Grouping::MayWait;
+                batch.push(job);
             }
             match self.write_batch(&batch) {
                 Ok(()) => {
@@ -436,6 +513,7 @@ impl Writer {
                         self.durable = last.after.clone();
                     }
                     lock(&self.shared.failing).take();
+                    self.shared.syncs.fetch_add(1, Ordering::Relaxed);
                     for job in batch {
                         let _ = job.reply.send(Ok(job.receipt));
                     }

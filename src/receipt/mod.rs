@@ -9,5 +9,5 @@ pub mod log;
 pub mod record;
 pub mod verify;
 
-pub use log::{LogError, LogOptions, ReceiptLog};
+pub use log::{Grouping, LogError, LogOptions, ReceiptLog};
 pub use record::{ActionRecord, Draft, DraftContext, Reason, Receipt};

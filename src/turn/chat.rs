@@ -32,7 +32,7 @@ use crate::error::ProxyError;
 use crate::kernel::capability::Scope;
 use crate::kernel::policy::Policy;
 use crate::kernel::{Call, Kernel, Now, Outcome};
-use crate::receipt::{ActionRecord, Draft, DraftContext, LogError, Reason, ReceiptLog};
+use crate::receipt::{ActionRecord, Draft, DraftContext, Grouping, LogError, Reason, ReceiptLog};
 use crate::tools::http::HttpTool;
 
 /// Tunables of the loop.
@@ -311,13 +311,15 @@ impl Governance {
 
     /// Decides one call, makes its receipt durable, then acts: a governed tool
     /// runs, a refusal becomes the model's tool output, a client call is relayed.
+    /// `grouping` says whether its receipt may wait to share a sync (a call in a
+    /// stream, whose client is already being answered).
     pub(super) async fn settle(
         &self,
         caller: &Caller,
         request_id: &str,
         call: Pending<'_>,
-        round: u32,
-        surface: Surface,
+        (round, surface): (u32, Surface),
+        grouping: Grouping,
     ) -> Result<Settled, GovernError> {
         let kernel = self.kernel();
         let governed = self.governed(call.name);
@@ -354,7 +356,7 @@ impl Governance {
             },
         );
         // No receipt, no effect.
-        let receipt = self.receipts.append(draft).await?;
+        let receipt = self.receipts.append_grouped(draft, grouping).await?;
         Ok(match (decision.outcome(), governed) {
             (Outcome::Allow, Some(tool)) => {
                 let output = match serde_json::from_str::<Value>(call.arguments) {
@@ -455,7 +457,13 @@ impl Governance {
                     custom: call.kind == adapter::CallKind::Custom,
                 };
                 match self
-                    .settle(caller, request_id, pending, round, Surface::Chat)
+                    .settle(
+                        caller,
+                        request_id,
+                        pending,
+                        (round, Surface::Chat),
+                        Grouping::Now,
+                    )
                     .await?
                 {
                     Settled::Relay => relayed.push(call.id.clone()),
@@ -700,7 +708,13 @@ impl Governance {
                             custom: call.kind == "custom",
                         };
                         match self
-                            .settle(caller, request_id, pending, round, Surface::Chat)
+                            .settle(
+                                caller,
+                                request_id,
+                                pending,
+                                (round, Surface::Chat),
+                                Grouping::MayWait,
+                            )
                             .await
                         {
                             Ok(Settled::Relay) => {

@@ -34,6 +34,7 @@ use crate::adapter::responses::{
     TerminalKind, answered_call, continue_request, input_items, item_key, merge_response,
     message_item, output, output_item, sum_usage,
 };
+use crate::receipt::Grouping;
 
 /// A prepared Responses request and what its responses must echo of the
 /// client's own.
@@ -292,8 +293,8 @@ impl Governance {
                     caller,
                     request_id,
                     pending(&call),
-                    round,
-                    Surface::Responses,
+                    (round, Surface::Responses),
+                    Grouping::Now,
                 )
                 .await?
             {
@@ -566,8 +567,8 @@ impl Governance {
                                 caller,
                                 request_id,
                                 pending(&call),
-                                round,
-                                Surface::Responses,
+                                (round, Surface::Responses),
+                                Grouping::MayWait,
                             )
                             .await;
                         match settled {

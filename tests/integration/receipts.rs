@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use serde_json::json;
@@ -11,7 +12,7 @@ use serde_json::json;
 use tollgate::receipt::log::rotated_files;
 use tollgate::receipt::record::{GENESIS, line_hash};
 use tollgate::receipt::verify::{Check, verify};
-use tollgate::receipt::{ActionRecord, Draft, LogOptions, Reason, Receipt, ReceiptLog};
+use tollgate::receipt::{ActionRecord, Draft, Grouping, LogOptions, Reason, Receipt, ReceiptLog};
 
 fn key() -> SigningKey {
     SigningKey::from_bytes(&[42; 32])
@@ -149,6 +150,90 @@ fn a_torn_last_line_is_cut_off_and_the_recovery_recorded() {
     assert_eq!(records[5].seq, 5);
     assert_eq!(next.seq, 6);
     assert!(verify(&[path], &[key().verifying_key()]).ok());
+}
+
+/// A log whose records that may wait wait `group_wait`, counting it busy when
+/// the record before came within `busy`.
+fn grouping_log(dir: &Path, group_wait: Duration, busy: Duration) -> ReceiptLog {
+    let options = LogOptions {
+        group_wait,
+        busy,
+        ..LogOptions::default()
+    };
+    ReceiptLog::open(&dir.join("receipts.jsonl"), key(), options).unwrap()
+}
+
+/// Far longer than any append takes: an append that waited for it fails the
+/// test instead of passing late.
+const NEVER: Duration = Duration::from_secs(600);
+const PATIENCE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn records_that_may_wait_share_a_sync_while_the_log_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = grouping_log(dir.path(), NEVER, NEVER);
+    // The first record finds the log idle and is written alone.
+    log.append_grouped(draft(0), Grouping::MayWait)
+        .await
+        .unwrap();
+    assert_eq!(log.syncs(), 1);
+    // The next one, close behind it, waits for company: it is not written
+    // while nothing else comes (its caller stops waiting; the record stays
+    // queued).
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(300),
+        log.append_grouped(draft(1), Grouping::MayWait),
+    )
+    .await;
+    assert!(waiting.is_err(), "written without waiting: {waiting:?}");
+    assert_eq!(log.syncs(), 1);
+    // Another that may wait joins it, and one that cannot takes both along.
+    let (b, c) = tokio::time::timeout(PATIENCE, async {
+        tokio::join!(
+            log.append_grouped(draft(2), Grouping::MayWait),
+            log.append_grouped(draft(3), Grouping::Now),
+        )
+    })
+    .await
+    .expect("a record that cannot wait ends the wait");
+    assert_eq!((b.unwrap().seq, c.unwrap().seq), (2, 3));
+    assert_eq!(log.syncs(), 2, "three records, one sync");
+    let path = log.path().to_path_buf();
+    log.close();
+    assert_eq!(lines(&path).len(), 4);
+    assert!(verify(&[path], &[key().verifying_key()]).ok());
+}
+
+#[tokio::test]
+async fn a_record_waits_no_longer_than_the_group_wait_and_never_when_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    // Busy all the time, a short wait: a lone record that may wait is written
+    // once the wait is over.
+    let log = grouping_log(dir.path(), Duration::from_millis(20), NEVER);
+    log.append_grouped(draft(0), Grouping::Now).await.unwrap();
+    let alone = tokio::time::timeout(PATIENCE, log.append_grouped(draft(1), Grouping::MayWait))
+        .await
+        .expect("written once the wait is over");
+    assert_eq!(alone.unwrap().seq, 1);
+    assert_eq!(log.syncs(), 2);
+    log.close();
+
+    // A wait longer than the test: one that cannot wait is written at once,
+    // and so is one that may, when the log is idle or waiting is off.
+    for (group_wait, busy, grouping) in [
+        (NEVER, NEVER, Grouping::Now),
+        (NEVER, Duration::ZERO, Grouping::MayWait),
+        (Duration::ZERO, NEVER, Grouping::MayWait),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = grouping_log(dir.path(), group_wait, busy);
+        log.append_grouped(draft(0), Grouping::Now).await.unwrap();
+        let next = tokio::time::timeout(PATIENCE, log.append_grouped(draft(1), grouping))
+            .await
+            .unwrap_or_else(|_| panic!("{grouping:?} waited (wait {group_wait:?}, busy {busy:?})"));
+        assert_eq!(next.unwrap().seq, 1);
+        log.close();
+    }
 }
 
 #[test]
