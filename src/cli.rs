@@ -397,6 +397,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_REVOKED_TOKENS")]
     pub revoked_tokens: Option<PathBuf>,
 
+    /// How long the receipt of a call in a stream may wait, while the log is
+    /// busy, for others to share its sync (0 turns it off; at most 100ms)
+    /// [default: 1ms].
+    #[arg(long, env = "TOLLGATE_RECEIPT_GROUP_WAIT", value_parser = parse_duration)]
+    pub receipt_group_wait: Option<Duration>,
+
     /// Most upstream rounds for one client request [default: 8].
     #[arg(long, env = "TOLLGATE_MAX_ROUNDS")]
     pub max_rounds: Option<u32>,

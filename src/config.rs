@@ -76,6 +76,7 @@ pub struct RawConfig {
     shutdown_grace: Option<String>,
     policy: Option<String>,
     receipts: Option<PathBuf>,
+    receipt_group_wait: Option<String>,
     signing_key: Option<PathBuf>,
     mode: Option<Mode>,
     auth: Option<AuthMode>,
@@ -187,6 +188,9 @@ pub struct GovernConfig {
     pub policy: PolicySource,
     /// The receipt log.
     pub receipts: PathBuf,
+    /// How long the receipt of a call in a stream may wait, while the log is
+    /// busy, to share a sync with others (zero: never).
+    pub receipt_group_wait: Duration,
     /// The signing key file, if one is configured (else the default, created on
     /// first run).
     pub signing_key: Option<PathBuf>,
@@ -223,6 +227,7 @@ impl Default for GovernConfig {
         Self {
             policy: PolicySource::Bundled("default".into()),
             receipts: PathBuf::from(DEFAULT_RECEIPTS),
+            receipt_group_wait: crate::receipt::log::GROUP_WAIT,
             signing_key: None,
             mode: Mode::Govern,
             auth: AuthMode::Passthrough,
@@ -364,6 +369,7 @@ impl Config {
             mode: raw.mode,
             policy: raw.policy,
             receipts: raw.receipts,
+            receipt_group_wait: raw.receipt_group_wait,
             signing_key: raw.signing_key,
             auth: raw.auth,
             upstream_key_env: raw.upstream_key_env,
@@ -504,6 +510,7 @@ struct RawGovern {
     mode: Option<Mode>,
     policy: Option<String>,
     receipts: Option<PathBuf>,
+    receipt_group_wait: Option<String>,
     signing_key: Option<PathBuf>,
     auth: Option<AuthMode>,
     upstream_key_env: Option<String>,
@@ -519,6 +526,8 @@ struct RawGovern {
     tools: ToolsSection,
 }
 
+/// The longest a receipt may wait to share a sync.
+const MAX_RECEIPT_GROUP_WAIT: Duration = Duration::from_millis(100);
 /// The longest a changed turn may be remembered.
 const MAX_REMEMBER_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The most turns a surface may remember.
@@ -555,6 +564,22 @@ fn resolve_govern(
     )?;
     if remember_for > MAX_REMEMBER_FOR {
         return Err(invalid("remember_for", "must be at most 7 days"));
+    }
+    let receipt_group_wait = match (args.receipt_group_wait, raw.receipt_group_wait) {
+        (Some(flag), _) => flag,
+        (None, Some(text)) => {
+            crate::cli::parse_duration(&text).map_err(|message| ConfigError::Invalid {
+                key: "receipt_group_wait",
+                message,
+            })?
+        }
+        (None, None) => d.receipt_group_wait,
+    };
+    if receipt_group_wait > MAX_RECEIPT_GROUP_WAIT {
+        return Err(invalid(
+            "receipt_group_wait",
+            "must be at most 100ms (0 turns the wait off)",
+        ));
     }
     let remember_turns = args
         .remember_turns
@@ -624,6 +649,7 @@ fn resolve_govern(
             .clone()
             .or(raw.receipts.map(in_file))
             .unwrap_or(d.receipts),
+        receipt_group_wait,
         signing_key: args.signing_key.clone().or(raw.signing_key.map(in_file)),
         mode: args.mode.or(raw.mode).unwrap_or(d.mode),
         auth: args.auth.or(raw.auth).unwrap_or(d.auth),
@@ -782,6 +808,28 @@ mod tests {
             (over.remember_for, over.remember_turns, over.remember_bytes),
             (Duration::from_secs(60), 7, 65536)
         );
+    }
+
+    #[test]
+    fn how_long_a_receipt_may_wait_to_share_a_sync() {
+        let d = resolve(ServeArgs::default(), "").unwrap().govern;
+        assert_eq!(d.receipt_group_wait, Duration::from_millis(1));
+        let file = "receipt_group_wait = \"0ms\"\n";
+        let off = resolve(ServeArgs::default(), file).unwrap().govern;
+        assert_eq!(off.receipt_group_wait, Duration::ZERO);
+        let flags = ServeArgs {
+            receipt_group_wait: Some(Duration::from_millis(3)),
+            ..ServeArgs::default()
+        };
+        let flag = resolve(flags, file).unwrap().govern;
+        assert_eq!(flag.receipt_group_wait, Duration::from_millis(3));
+        for bad in [
+            "receipt_group_wait = \"1s\"\n",
+            "receipt_group_wait = \"soon\"\n",
+        ] {
+            let err = resolve(ServeArgs::default(), bad).unwrap_err();
+            assert!(err.to_string().contains("receipt_group_wait"), "{err}");
+        }
     }
 
     #[test]

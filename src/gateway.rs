@@ -173,6 +173,7 @@ impl Gateway {
             key,
             LogOptions {
                 server_id: config.server_id.clone(),
+                group_wait: config.receipt_group_wait,
                 ..LogOptions::default()
             },
         )?;

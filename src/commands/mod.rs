@@ -228,6 +228,11 @@ fn check(args: &ServeArgs) -> Result<ExitCode, CommandError> {
     writeln!(out, "  mode:          {}", lower(&govern.mode))?;
     writeln!(out, "  auth:          {}", lower(&govern.auth))?;
     writeln!(out, "  receipts:      {}", govern.receipts.display())?;
+    writeln!(
+        out,
+        "  group wait:    {} (receipts of calls in streams)",
+        humantime::format_duration(govern.receipt_group_wait)
+    )?;
     let names: Vec<&str> = tools.iter().map(|t| t.spec().name.as_str()).collect();
     writeln!(
         out,

@@ -98,12 +98,17 @@ fn check_validates_file_flags_and_environment() {
         out.contains("remembers:     10000 turns, 67108864 bytes, for 1h"),
         "{out}"
     );
+    assert!(
+        out.contains("group wait:    1ms (receipts of calls in streams)"),
+        "{out}"
+    );
     let (status, out, _) = run_binary(
         &["check", "--remember-turns", "50"],
         dir.path(),
         &[
             ("TOLLGATE_REMEMBER_FOR", "2h"),
             ("TOLLGATE_REMEMBER_BYTES", "1048576"),
+            ("TOLLGATE_RECEIPT_GROUP_WAIT", "0ms"),
         ],
     );
     assert!(status.success());
@@ -111,6 +116,7 @@ fn check_validates_file_flags_and_environment() {
         out.contains("remembers:     50 turns, 1048576 bytes, for 2h"),
         "{out}"
     );
+    assert!(out.contains("group wait:    0s"), "{out}");
     // A variable beats the file, a flag beats the variable.
     let (status, out, _) = run_binary(
         &["check"],
