@@ -5,10 +5,11 @@
 //! to the previous line, sign it on the caller's thread and queue it; a dedicated
 //! writer thread writes every queued line, syncs once for the whole batch (group
 //! commit) and only then answers each caller. A record whose caller can wait a
-//! little ([`Grouping::MayWait`]: a call in a stream, whose client is already
-//! being answered) waits up to [`GROUP_WAIT`] for others to share its sync while
-//! the log is busy; one whose caller cannot ([`Grouping::Now`]) is written at
-//! once, with whatever is waiting. The chain makes every signature
+//! little ([`Grouping::MayWait`]: a call in a stream, which holds back only that
+//! call's own events) waits up to the log's `group_wait` ([`GROUP_WAIT`] unless
+//! configured) for others to share its sync, while the log is busy with other
+//! requests; one whose caller cannot ([`Grouping::Now`]) is written at once, with
+//! whatever is waiting. The chain makes every signature
 //! depend on the previous line, so numbering and signing are one short critical
 //! section; everything else (building the draft, redaction, hashing the arguments)
 //! happens before it, on the caller's task.
@@ -41,9 +42,9 @@ const MAX_BATCH: usize = 4096;
 /// default.
 pub const GROUP_WAIT: Duration = Duration::from_millis(1);
 
-/// A record waits only while the log is this busy, by default: the record
-/// before it came less than this long before it. An idle log never makes a
-/// record wait.
+/// A record waits only while the log is this busy, by default: a record of
+/// another request was queued less than this long before it. An idle log, or
+/// one turn settling its calls one after another, never makes a record wait.
 pub const BUSY: Duration = Duration::from_millis(5);
 
 /// Whether a record may wait for others to share its sync.
@@ -51,8 +52,8 @@ pub const BUSY: Duration = Duration::from_millis(5);
 pub enum Grouping {
     /// Written at once: its caller's whole answer waits for it.
     Now,
-    /// May wait up to [`GROUP_WAIT`] while the log is busy: its caller is
-    /// already answering (a call in a stream, whose events follow it).
+    /// May wait up to the log's `group_wait` while the log is busy with other
+    /// requests: a call in a stream, which holds back only that call's events.
     MayWait,
 }
 
@@ -462,6 +463,37 @@ fn first_seq_of(path: &Path) -> Option<u64> {
         .map(|r| r.seq)
 }
 
+/// When the latest records were queued, for telling whether the log is busy:
+/// the latest, and the latest from another request than its. A turn settling
+/// its calls one after another does not make the log busy by itself.
+#[derive(Default)]
+struct Recent {
+    latest: Option<(String, Instant)>,
+    other: Option<Instant>,
+}
+
+impl Recent {
+    /// Whether a record from another request than `job`'s was queued less than
+    /// `window` before it.
+    fn busy(&self, job: &Job, window: Duration) -> bool {
+        let before = match &self.latest {
+            Some((request, at)) if *request != job.receipt.request_id => Some(*at),
+            _ => self.other,
+        };
+        before.is_some_and(|at| job.queued.saturating_duration_since(at) < window)
+    }
+
+    fn saw(&mut self, job: &Job) {
+        match &mut self.latest {
+            Some((request, at)) if *request == job.receipt.request_id => *at = job.queued,
+            latest => {
+                self.other = latest.as_ref().map(|(_, at)| *at);
+                *latest = Some((job.receipt.request_id.clone(), job.queued));
+            }
+        }
+    }
+}
+
 struct Writer {
     path: PathBuf,
     file: File,
@@ -483,26 +515,25 @@ impl Writer {
     /// thread's work (`bench/instructions` reports it).
     #[inline(never)]
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
-        let mut last_arrival: Option<Instant> = None;
+        let mut recent = Recent::default();
         while let Ok(first) = rx.recv() {
-            let arrived = Instant::now();
-            let busy = last_arrival.is_some_and(|last| arrived.duration_since(last) < self.busy);
-            last_arrival = Some(arrived);
+            let busy = recent.busy(&first, self.busy);
+            recent.saw(&first);
+            let deadline = first.queued.checked_add(self.group_wait);
             let mut wait =
                 busy && first.grouping == Grouping::MayWait && !self.group_wait.is_zero();
-            let deadline = first.queued + self.group_wait;
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                let next = if wait {
-                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                        .ok()
-                } else {
-                    rx.try_recv().ok()
+                let next = match deadline {
+                    Some(deadline) if wait => rx
+                        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        .ok(),
+                    _ => rx.try_recv().ok(),
                 };
                 let Some(job) = next else {
                     break;
                 };
-                last_arrival = Some(Instant::now());
+                recent.saw(&job);
                 // One that cannot wait is written at once, with the others.
                 wait &= job.grouping == Grouping::MayWait;
                 batch.push(job);

@@ -236,6 +236,42 @@ async fn a_record_waits_no_longer_than_the_group_wait_and_never_when_it_cannot()
     }
 }
 
+#[tokio::test]
+async fn one_turn_settling_its_calls_in_turn_does_not_make_the_log_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = grouping_log(dir.path(), NEVER, NEVER);
+    let of_turn = |i| Draft {
+        request_id: "tgr_turn".into(),
+        ..draft(i)
+    };
+    for i in 0..3 {
+        let next =
+            tokio::time::timeout(PATIENCE, log.append_grouped(of_turn(i), Grouping::MayWait))
+                .await
+                .unwrap_or_else(|_| panic!("call {i} waited for its own turn's records"));
+        assert_eq!(next.unwrap().seq, i as u64);
+    }
+    // Another request's record close behind them does wait.
+    let other = tokio::time::timeout(
+        Duration::from_millis(300),
+        log.append_grouped(draft(3), Grouping::MayWait),
+    )
+    .await;
+    assert!(other.is_err(), "written without waiting: {other:?}");
+    assert_eq!(log.syncs(), 3);
+    // Closing the log writes what waits, at once.
+    let path = log.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        log.close();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(PATIENCE)
+        .expect("close writes a waiting record without waiting");
+    assert_eq!(lines(&path).len(), 4);
+    assert!(verify(&[path], &[key().verifying_key()]).ok());
+}
+
 #[test]
 fn rotation_keeps_the_chain_across_files() {
     let dir = tempfile::tempdir().unwrap();
