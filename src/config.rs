@@ -565,16 +565,12 @@ fn resolve_govern(
     if remember_for > MAX_REMEMBER_FOR {
         return Err(invalid("remember_for", "must be at most 7 days"));
     }
-    let receipt_group_wait = match (args.receipt_group_wait, raw.receipt_group_wait) {
-        (Some(flag), _) => flag,
-        (None, Some(text)) => {
-            crate::cli::parse_duration(&text).map_err(|message| ConfigError::Invalid {
-                key: "receipt_group_wait",
-                message,
-            })?
-        }
-        (None, None) => d.receipt_group_wait,
-    };
+    let receipt_group_wait = duration_or_zero(
+        "receipt_group_wait",
+        args.receipt_group_wait,
+        raw.receipt_group_wait,
+        d.receipt_group_wait,
+    )?;
     if receipt_group_wait > MAX_RECEIPT_GROUP_WAIT {
         return Err(invalid(
             "receipt_group_wait",
@@ -693,16 +689,27 @@ fn duration(
     file: Option<String>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    let value = match (flag, file) {
-        (Some(d), _) => d,
-        (None, Some(text)) => crate::cli::parse_duration(&text)
-            .map_err(|message| ConfigError::Invalid { key, message })?,
-        (None, None) => default,
-    };
+    let value = duration_or_zero(key, flag, file, default)?;
     if value.is_zero() {
         return Err(invalid(key, "must be longer than zero"));
     }
     Ok(value)
+}
+
+/// A duration setting: the flag (or its variable), else the file's text, else
+/// the default; zero allowed.
+fn duration_or_zero(
+    key: &'static str,
+    flag: Option<Duration>,
+    file: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    Ok(match (flag, file) {
+        (Some(d), _) => d,
+        (None, Some(text)) => crate::cli::parse_duration(&text)
+            .map_err(|message| ConfigError::Invalid { key, message })?,
+        (None, None) => default,
+    })
 }
 
 /// Parses and checks the upstream origin: `http` or `https`, a host, no user info,

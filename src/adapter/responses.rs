@@ -424,19 +424,16 @@ pub struct Terminal {
     pub raw: Bytes,
 }
 
-/// What an event that cannot be built reads as.
-static NULL: Value = Value::Null;
-
 impl Terminal {
     /// Its data (`null` in the one case it could be read for its shape but not
     /// built, which valid JSON never is).
     pub fn data(&self) -> &Value {
-        self.event.whole().unwrap_or(&NULL)
+        self.event.whole().unwrap_or(&Value::Null)
     }
 
     /// The response it carries (`Value::Null` for an `error` event).
     pub fn response(&self) -> &Value {
-        self.data().get("response").unwrap_or(&NULL)
+        self.data().get("response").unwrap_or(&Value::Null)
     }
 }
 
@@ -639,10 +636,8 @@ impl EventData {
 
     /// The event built whole, as [`EventData::whole`], taken.
     fn into_value(self) -> Option<Value> {
-        match self.whole.into_inner() {
-            Some(built) => built,
-            None => serde_json::from_str(&self.text).ok(),
-        }
+        self.whole();
+        self.whole.into_inner().flatten()
     }
 
     /// The `item` of an output item's event, built.

@@ -318,7 +318,8 @@ impl Governance {
         caller: &Caller,
         request_id: &str,
         call: Pending<'_>,
-        (round, surface): (u32, Surface),
+        round: u32,
+        surface: Surface,
         grouping: Grouping,
     ) -> Result<Settled, GovernError> {
         let kernel = self.kernel();
@@ -461,7 +462,8 @@ impl Governance {
                         caller,
                         request_id,
                         pending,
-                        (round, Surface::Chat),
+                        round,
+                        Surface::Chat,
                         Grouping::Now,
                     )
                     .await?
@@ -712,7 +714,8 @@ impl Governance {
                                 caller,
                                 request_id,
                                 pending,
-                                (round, Surface::Chat),
+                                round,
+                                Surface::Chat,
                                 Grouping::MayWait,
                             )
                             .await

@@ -293,7 +293,8 @@ impl Governance {
                     caller,
                     request_id,
                     pending(&call),
-                    (round, Surface::Responses),
+                    round,
+                    Surface::Responses,
                     Grouping::Now,
                 )
                 .await?
@@ -567,7 +568,8 @@ impl Governance {
                                 caller,
                                 request_id,
                                 pending(&call),
-                                (round, Surface::Responses),
+                                round,
+                                Surface::Responses,
                                 Grouping::MayWait,
                             )
                             .await;

@@ -168,6 +168,17 @@ fn grouping_log(dir: &Path, group_wait: Duration, busy: Duration) -> ReceiptLog 
 const NEVER: Duration = Duration::from_secs(600);
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Appends `draft` and asserts it is still waiting for company 300 ms later (its
+/// caller stops waiting; the record stays queued).
+async fn assert_waits(log: &ReceiptLog, draft: Draft) {
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(300),
+        log.append_grouped(draft, Grouping::MayWait),
+    )
+    .await;
+    assert!(waiting.is_err(), "written without waiting: {waiting:?}");
+}
+
 #[tokio::test]
 async fn records_that_may_wait_share_a_sync_while_the_log_is_busy() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,14 +189,8 @@ async fn records_that_may_wait_share_a_sync_while_the_log_is_busy() {
         .unwrap();
     assert_eq!(log.syncs(), 1);
     // The next one, close behind it, waits for company: it is not written
-    // while nothing else comes (its caller stops waiting; the record stays
-    // queued).
-    let waiting = tokio::time::timeout(
-        Duration::from_millis(300),
-        log.append_grouped(draft(1), Grouping::MayWait),
-    )
-    .await;
-    assert!(waiting.is_err(), "written without waiting: {waiting:?}");
+    // while nothing else comes.
+    assert_waits(&log, draft(1)).await;
     assert_eq!(log.syncs(), 1);
     // Another that may wait joins it, and one that cannot takes both along.
     let (b, c) = tokio::time::timeout(PATIENCE, async {
@@ -252,12 +257,7 @@ async fn one_turn_settling_its_calls_in_turn_does_not_make_the_log_busy() {
         assert_eq!(next.unwrap().seq, i as u64);
     }
     // Another request's record close behind them does wait.
-    let other = tokio::time::timeout(
-        Duration::from_millis(300),
-        log.append_grouped(draft(3), Grouping::MayWait),
-    )
-    .await;
-    assert!(other.is_err(), "written without waiting: {other:?}");
+    assert_waits(&log, draft(3)).await;
     assert_eq!(log.syncs(), 3);
     // Closing the log writes what waits, at once.
     let path = log.path().to_path_buf();
