@@ -23,8 +23,16 @@
 //! (`"name":"get_weather"`), or no complete answer within `--timeout`, is an
 //! error: a proxy that governs the call must also relay it.
 //!
-//! The output counts the warm-up requests that succeeded (`warmup_ok`) besides the
-//! measured ones, so that a caller can tell how many tool calls a proxy saw.
+//! Before measuring, 50 requests (10 at a time) warm the connections. In rate
+//! mode, `--warmup D` also runs the schedule at the rate for `D` first: requests
+//! due then are sent like the rest but not measured, so the measured ones meet
+//! the steady state of the rate (at 1,000 streams a second, some 200 streams in
+//! flight and as many connections open) instead of the first second's build-up of
+//! connections, which no proxy pays for twice in steady use.
+//!
+//! The output counts the warm-up requests that succeeded (`warmup_ok`) and failed
+//! (`warmup_errors`) besides the measured ones, so that a caller can tell how many
+//! tool calls a proxy saw.
 //!
 //! `--trace FILE` (rate mode) writes one CSV line per answered request: when it was
 //! due after the schedule's start, how late it left, its time to first byte and its
@@ -56,6 +64,9 @@ struct Args {
     timeout: Duration,
     /// Where to write one line per measured request (rate mode), if anywhere.
     trace: Option<String>,
+    /// Rate mode: how long the schedule runs at the rate before the measured
+    /// requests, whose answers are counted as warm-up and not measured.
+    warmup: Duration,
 }
 
 fn parse_args() -> Args {
@@ -68,6 +79,7 @@ fn parse_args() -> Args {
         duration: Duration::from_secs(5),
         timeout: Duration::from_secs(10),
         trace: None,
+        warmup: Duration::ZERO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -81,6 +93,7 @@ fn parse_args() -> Args {
             "--duration" => args.duration = humantime::parse_duration(&value).unwrap(),
             "--timeout" => args.timeout = humantime::parse_duration(&value).unwrap(),
             "--trace" => args.trace = Some(value),
+            "--warmup" => args.warmup = humantime::parse_duration(&value).unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -334,6 +347,8 @@ struct Recorder {
     /// When the schedule started, by the wall clock.
     start_unix: std::time::SystemTime,
     start: Option<Instant>,
+    /// Rate mode: the requests due in the warm-up, answered or not.
+    warmup: Outcome,
 }
 
 impl Recorder {
@@ -347,6 +362,7 @@ impl Recorder {
             trace: Vec::new(),
             start_unix: std::time::SystemTime::UNIX_EPOCH,
             start: None,
+            warmup: Outcome::default(),
         }
     }
 
@@ -489,21 +505,28 @@ async fn run(args: Args) -> serde_json::Value {
         }
     }
     let recorder = Arc::new(Mutex::new(Recorder::new()));
-    let started = Instant::now();
+    // Where the measured window starts: the schedule's measured part in rate mode.
+    let mut measured_from = Instant::now();
     match args.mode.as_str() {
         "rate" => {
-            let total = args.rate * args.duration.as_secs().max(1);
             let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+            // Requests due in the warm-up keep the same schedule, so the measured
+            // ones start with the connections and the in-flight requests of the
+            // rate's steady state rather than building them up.
+            let warmup = (args.warmup.as_secs_f64() * args.rate as f64).round() as u64;
+            let total = warmup + args.rate * args.duration.as_secs().max(1);
             // The schedule is kept by a thread of its own: the runtime's timer has
             // a resolution of 1 ms, too coarse for 1,000 requests a second.
-            let start = Instant::now() + Duration::from_millis(10);
-            let start_unix = std::time::SystemTime::now() + Duration::from_millis(10);
+            let begin = Instant::now() + Duration::from_millis(10);
+            let start = begin + interval.mul_f64(warmup as f64);
+            let start_unix = std::time::SystemTime::now() + (start - Instant::now());
             recorder.lock().unwrap().start_unix = start_unix;
             recorder.lock().unwrap().start = Some(start);
+            measured_from = start;
             let (tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
             std::thread::spawn(move || {
                 for i in 0..total {
-                    let due = start + interval.mul_f64(i as f64);
+                    let due = begin + interval.mul_f64(i as f64);
                     let now = Instant::now();
                     if due > now {
                         std::thread::sleep(due - now);
@@ -516,12 +539,15 @@ async fn run(args: Args) -> serde_json::Value {
             let inflight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let mut tasks = tokio::task::JoinSet::new();
             while let Some(due) = due_rx.recv().await {
+                let warming = due < start;
                 if inflight.load(std::sync::atomic::Ordering::Relaxed) >= MAX_IN_FLIGHT {
-                    recorder
-                        .lock()
-                        .unwrap()
-                        .outcome
-                        .error(format!("more than {MAX_IN_FLIGHT} requests in flight"));
+                    let mut r = recorder.lock().unwrap();
+                    let outcome = if warming {
+                        &mut r.warmup
+                    } else {
+                        &mut r.outcome
+                    };
+                    outcome.error(format!("more than {MAX_IN_FLIGHT} requests in flight"));
                     continue;
                 }
                 inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -539,6 +565,8 @@ async fn run(args: Args) -> serde_json::Value {
                     let done = Instant::now();
                     let mut r = recorder.lock().unwrap();
                     match result {
+                        Ok(_) if warming => r.warmup.ok += 1,
+                        Err(e) if warming => r.warmup.error(e),
                         // Measured from when the request was due, not when it left.
                         Ok(timing) => {
                             let latency = done.saturating_duration_since(due);
@@ -583,7 +611,9 @@ async fn run(args: Args) -> serde_json::Value {
         }
         other => panic!("unknown mode {other}"),
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = Instant::now()
+        .saturating_duration_since(measured_from)
+        .as_secs_f64();
     let r = recorder.lock().unwrap();
     if let Some(path) = &args.trace {
         let mut lines = format!(
@@ -617,7 +647,9 @@ async fn run(args: Args) -> serde_json::Value {
         "ok": r.outcome.ok,
         "errors": r.outcome.errors,
         "error_kinds": r.outcome.kinds,
-        "warmup_ok": warmup_ok,
+        "warmup_ok": warmup_ok + r.warmup.ok,
+        "warmup_errors": r.warmup.errors,
+        "warmup_error_kinds": r.warmup.kinds,
         "throughput_rps": r.outcome.ok as f64 / elapsed,
         "latency_us": percentiles(&r.latency),
         "ttfb_us": percentiles(&r.ttfb),
