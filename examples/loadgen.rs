@@ -27,8 +27,8 @@
 //! mode, `--warmup D` also runs the schedule at the rate for `D` first: requests
 //! due then are sent like the rest but not measured, so the measured ones meet
 //! the steady state of the rate (at 1,000 streams a second, some 200 streams in
-//! flight and as many connections open) instead of the first second's build-up of
-//! connections, which no proxy pays for twice in steady use.
+//! flight and as many connections open) instead of the first fifth of a second's
+//! build-up of connections, which a proxy in steady use does not go through.
 //!
 //! The output counts the warm-up requests that succeeded (`warmup_ok`) and failed
 //! (`warmup_errors`) besides the measured ones, so that a caller can tell how many
