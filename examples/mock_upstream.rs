@@ -14,7 +14,11 @@
 //! - `x-mock-chunks: N` sets the number of content deltas of a stream,
 //!   `x-mock-first-ms` when its first event is due after the reply starts and
 //!   `x-mock-interval-ms` how far apart the events are due (each on the stream's
-//!   own schedule, not counted from when the one before was written).
+//!   own schedule, not counted from when the one before was written, and kept to
+//!   a tenth of a millisecond, not rounded to tokio's millisecond tick). These
+//!   answers depend only on the path, the model, `stream`,
+//!   `stream_options.include_usage` and these headers, so each kind is built once
+//!   and given again; the rest of the body is checked to be JSON and not read.
 //! - `POST /v1/chat/completions` and `POST /v1/responses` with the model
 //!   `mock-agent`, plain or streaming: a deterministic stand-in for a model that
 //!   uses tools (see below).
@@ -873,7 +877,105 @@ fn stored_response(id: &str) -> Reply {
     }
 }
 
+/// What a request to one of the plain models is answered by: its path, model,
+/// `stream`, `stream_options.include_usage` and the `x-mock-*` headers.
+type PlainKey = (String, String, bool, bool, [u64; 4]);
+
+/// The plain models' answers, by what they depend on: they are the same for every
+/// request alike, so the benchmark's floor builds each once instead of per request
+/// (a streamed Responses answer is about a million instructions to build, as much
+/// as a governed proxy spends on it). At most `PLAIN_KEPT` kinds are kept.
+static PLAIN: Mutex<Vec<(PlainKey, Reply)>> = Mutex::new(Vec::new());
+const PLAIN_KEPT: usize = 64;
+
+/// The top-level fields the plain models read; the rest of the body is checked to
+/// be JSON and skipped, not built into a tree.
+#[derive(serde::Deserialize)]
+struct PlainRequest {
+    model: Option<String>,
+    #[serde(default)]
+    stream: Value,
+    #[serde(default)]
+    stream_options: Value,
+}
+
+/// A copy of a reply that can be given more than once.
+fn copy(reply: &Reply) -> Option<Reply> {
+    match reply {
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => Some(Reply::Full {
+            status: *status,
+            headers: headers.clone(),
+            body: body.clone(),
+        }),
+        Reply::Timed {
+            status,
+            headers,
+            first,
+            interval,
+            chunks,
+        } => Some(Reply::Timed {
+            status: *status,
+            headers: headers.clone(),
+            first: *first,
+            interval: *interval,
+            chunks: chunks.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// The answer to a plain model's completion, built once per kind; `None` for
+/// anything else (the other models, other paths, a body that is not a JSON object
+/// with a string `model`), which [`respond`] reads in full.
+fn plain(request: &Recorded) -> Option<Reply> {
+    let path = request.target.split('?').next().unwrap_or_default();
+    if request.method != "POST" || !matches!(path, "/v1/chat/completions" | "/v1/responses") {
+        return None;
+    }
+    let top: PlainRequest = serde_json::from_slice(&request.body).ok()?;
+    let model = top.model?;
+    if matches!(
+        model.as_str(),
+        "mock-agent" | "mock-429" | "mock-hang" | "mock-500"
+    ) {
+        return None;
+    }
+    let stream = top.stream == json!(true);
+    let include_usage = top.stream_options["include_usage"] == json!(true);
+    let headers = [
+        "x-mock-tool-call",
+        "x-mock-chunks",
+        "x-mock-first-ms",
+        "x-mock-interval-ms",
+    ]
+    .map(|name| header_num(request, name, u64::MAX));
+    let key: PlainKey = (path.to_owned(), model, stream, include_usage, headers);
+    let mut kept = PLAIN.lock().unwrap();
+    if let Some((_, reply)) = kept.iter().find(|(k, _)| *k == key) {
+        return copy(reply);
+    }
+    let body = json!({"model": key.1, "stream": stream, "stream_options": {"include_usage": include_usage}});
+    let reply = if path == "/v1/responses" {
+        responses(request, &body)
+    } else {
+        chat(request, &body)
+    };
+    if kept.len() < PLAIN_KEPT
+        && let Some(again) = copy(&reply)
+    {
+        kept.push((key, again));
+    }
+    Some(reply)
+}
+
 fn respond(request: &Recorded) -> Reply {
+    if let Some(reply) = plain(request) {
+        return reply;
+    }
     let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     let model = body["model"].as_str().unwrap_or_default();
     if model == "mock-429" {

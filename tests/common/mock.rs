@@ -65,7 +65,7 @@ pub enum Reply {
         steps: mpsc::UnboundedReceiver<Step>,
     },
     /// Chunked: the first chunk `first` after the reply starts, each next one
-    /// `interval` after the one before was due.
+    /// `interval` after the one before was due, to a tenth of a millisecond.
     Timed {
         status: u16,
         headers: Vec<(String, String)>,
@@ -324,18 +324,17 @@ async fn respond(reply: Reply) -> Response<MockBody> {
             // before it left: a pause measured from the previous chunk would add
             // the timer's rounding and the write to every gap, and streams held
             // up together would stay in step from then on.
-            let start = tokio::time::Instant::now();
+            let start = std::time::Instant::now();
+            let alarm = Alarm::new().unwrap();
             let stream = futures_util::stream::unfold(
-                (chunks.into_iter(), start + first),
-                move |(mut rest, due)| async move {
+                (chunks.into_iter(), start + first, alarm),
+                move |(mut rest, due, alarm)| async move {
                     let chunk = rest.next()?;
-                    if due > tokio::time::Instant::now() {
-                        tokio::time::sleep_until(due).await;
-                    }
-                    Some((
-                        Ok::<_, BoxError>(Frame::data(chunk)),
-                        (rest, due + interval),
-                    ))
+                    let frame = match alarm.sleep_until(due).await {
+                        Ok(()) => Ok::<_, BoxError>(Frame::data(chunk)),
+                        Err(e) => Err(e.into()),
+                    };
+                    Some((frame, (rest, due + interval, alarm)))
                 },
             );
             (status, headers, StreamBody::new(stream).boxed_unsync())
@@ -354,4 +353,73 @@ async fn respond(reply: Reply) -> Response<MockBody> {
         );
     }
     response
+}
+
+/// The grid deadlines are rounded up to: streams whose chunks fall due within the
+/// same tenth of a millisecond wake the runtime once, not once each.
+const GRID: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// `due` rounded up to the next point of the process's grid.
+fn on_grid(due: std::time::Instant) -> std::time::Instant {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    let since = due.saturating_duration_since(origin).as_nanos();
+    let grid = GRID.as_nanos();
+    let slots = since.div_ceil(grid);
+    origin + std::time::Duration::from_nanos((slots * grid) as u64)
+}
+
+/// A stream's deadlines kept to the kernel's timer, not to tokio's: tokio's
+/// timer rounds every deadline up to its next millisecond tick, so a chunk due
+/// 50 ms after a request arrived would leave anywhere from 50 to 51 ms after it,
+/// and a proxy that held the request a tenth of a millisecond longer would push
+/// up to all of its streams' first chunks a whole millisecond later, depending on
+/// where the load's schedule falls between two ticks. A `timerfd` wakes the
+/// runtime's own poll at the deadline, with no thread in between; deadlines are
+/// rounded up to a tenth of a millisecond ([`GRID`]) instead.
+struct Alarm(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+impl Alarm {
+    fn new() -> std::io::Result<Self> {
+        use rustix::time::{TimerfdClockId, TimerfdFlags, timerfd_create};
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        // Deprecated because a raw descriptor may be closed under the registration;
+        // an `OwnedFd` is closed only when the `AsyncFd` drops it, after deregistering.
+        #[allow(deprecated)]
+        Ok(Self(tokio::io::unix::AsyncFd::with_interest(
+            fd,
+            tokio::io::Interest::READABLE,
+        )?))
+    }
+
+    /// Resolves at `due`, or at once if it has passed.
+    async fn sleep_until(&self, due: std::time::Instant) -> std::io::Result<()> {
+        use rustix::time::{Itimerspec, TimerfdTimerFlags, Timespec, timerfd_settime};
+        let due = on_grid(due);
+        let left = due.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = Itimerspec {
+            it_interval: zero,
+            it_value: Timespec::try_from(left).map_err(std::io::Error::other)?,
+        };
+        timerfd_settime(self.0.get_ref(), TimerfdTimerFlags::empty(), &spec)?;
+        loop {
+            let mut ready = self.0.readable().await?;
+            let mut expirations = [0u8; 8];
+            match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut expirations)?)) {
+                Ok(read) => return read.map(drop),
+                // Readiness was stale: not expired yet.
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }
