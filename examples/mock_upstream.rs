@@ -899,35 +899,6 @@ struct PlainRequest {
     stream_options: Value,
 }
 
-/// A copy of a reply that can be given more than once.
-fn copy(reply: &Reply) -> Option<Reply> {
-    match reply {
-        Reply::Full {
-            status,
-            headers,
-            body,
-        } => Some(Reply::Full {
-            status: *status,
-            headers: headers.clone(),
-            body: body.clone(),
-        }),
-        Reply::Timed {
-            status,
-            headers,
-            first,
-            interval,
-            chunks,
-        } => Some(Reply::Timed {
-            status: *status,
-            headers: headers.clone(),
-            first: *first,
-            interval: *interval,
-            chunks: chunks.clone(),
-        }),
-        _ => None,
-    }
-}
-
 /// The answer to a plain model's completion, built once per kind; `None` for
 /// anything else (the other models, other paths, a body that is not a JSON object
 /// with a string `model`), which [`respond`] reads in full.
@@ -956,7 +927,7 @@ fn plain(request: &Recorded) -> Option<Reply> {
     let key: PlainKey = (path.to_owned(), model, stream, include_usage, headers);
     let mut kept = PLAIN.lock().unwrap();
     if let Some((_, reply)) = kept.iter().find(|(k, _)| *k == key) {
-        return copy(reply);
+        return reply.try_clone();
     }
     let body = json!({"model": key.1, "stream": stream, "stream_options": {"include_usage": include_usage}});
     let reply = if path == "/v1/responses" {
@@ -965,7 +936,7 @@ fn plain(request: &Recorded) -> Option<Reply> {
         chat(request, &body)
     };
     if kept.len() < PLAIN_KEPT
-        && let Some(again) = copy(&reply)
+        && let Some(again) = reply.try_clone()
     {
         kept.push((key, again));
     }

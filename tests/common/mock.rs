@@ -78,6 +78,35 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// A copy of a reply that can be given more than once (`Full`, `Timed`).
+    pub fn try_clone(&self) -> Option<Reply> {
+        match self {
+            Reply::Full {
+                status,
+                headers,
+                body,
+            } => Some(Reply::Full {
+                status: *status,
+                headers: headers.clone(),
+                body: body.clone(),
+            }),
+            Reply::Timed {
+                status,
+                headers,
+                first,
+                interval,
+                chunks,
+            } => Some(Reply::Timed {
+                status: *status,
+                headers: headers.clone(),
+                first: *first,
+                interval: *interval,
+                chunks: chunks.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// 200 with a JSON body.
     pub fn json(body: impl Into<Bytes>) -> Self {
         Self::Full {
@@ -403,12 +432,9 @@ impl Alarm {
         if left.is_zero() {
             return Ok(());
         }
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
         let spec = Itimerspec {
-            it_interval: zero,
+            // Once, not periodic.
+            it_interval: Timespec::default(),
             it_value: Timespec::try_from(left).map_err(std::io::Error::other)?,
         };
         timerfd_settime(self.0.get_ref(), TimerfdTimerFlags::empty(), &spec)?;
