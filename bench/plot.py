@@ -1,5 +1,7 @@
 """Plots what each system adds to direct's p99 latency, by request rate, one panel
-per workload, from a results file of `bench/run`.
+per workload, from a results file of `bench/run`. Streams are drawn by their time
+to first byte, on which their targets are judged: a whole stream's 190-250 ms p99
+moves between runs by more than any proxy adds.
 
 Usage: plot.py RESULTS.json OUT.svg (run by bench/run with bench/.venv-plot's Python)
 """
@@ -25,14 +27,18 @@ SYSTEMS = [
 def main(results: str, out: str) -> None:
     report = json.load(open(results))
     summary = report["summary"]
-    rates = report["method"]["rates"]
+    method = report["method"]
     workloads = list(summary)
     columns = 4
     rows = (len(workloads) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False, sharex="col")
     for i, workload in enumerate(workloads):
         ax = axes[i // columns][i % columns]
         w = summary[workload]
+        stream = "-sse-" in workload
+        # Recordings from before streams had a rate of their own list one set.
+        rates = method.get("stream_rates", method["rates"]) if stream else method["rates"]
+        key_added = "added_ttfb_p99_us" if stream else "added_latency_p99_us"
         for row, (key, label, color, marker) in enumerate(SYSTEMS):
             if key not in w:
                 continue
@@ -44,7 +50,7 @@ def main(results: str, out: str) -> None:
                 if cell["saturated"]:
                     sat.append(rate)
                     continue
-                added = cell.get("added_latency_p99_us")
+                added = cell.get(key_added)
                 if added is not None:
                     # A log scale: what is at or under direct is drawn at 10 µs.
                     xs.append(rate)
@@ -58,7 +64,7 @@ def main(results: str, out: str) -> None:
         ax.set_ylim(0.01, 10000)
         ax.set_xticks(rates, [f"{r:,}" for r in rates])
         ax.minorticks_off()
-        ax.set_title(workload, fontsize=10)
+        ax.set_title(f"{workload} (first byte)" if stream else workload, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
         if i % columns == 0:
             ax.set_ylabel("added p99 (ms)")

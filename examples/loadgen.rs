@@ -171,6 +171,9 @@ fn prose(n: usize) -> String {
 /// A request of `size` bytes, within a few bytes: the eight tools, a developer
 /// message, `turns` earlier user and assistant messages sharing the prose that
 /// brings it to its size, and the question.
+/// The model every request names.
+const MODEL: &str = "gpt-4o-mini";
+
 fn request_body(responses: bool, stream: bool, size: usize, turns: usize) -> Bytes {
     let build = |fill: usize| {
         let tools: Vec<serde_json::Value> = tools()
@@ -212,10 +215,13 @@ fn request_body(responses: bool, stream: bool, size: usize, turns: usize) -> Byt
         }
         messages.push(json!({"role": "user",
             "content": "What is the weather in Paris today, and should I bring an umbrella for the afternoon?"}));
+        // A model the gateways know by name, as an agent's would be: LiteLLM fakes a
+        // Responses stream (asks the upstream for the whole answer, then replays it
+        // as events) for a model missing from its model map.
         let mut body = if responses {
-            json!({"model": "gpt-4o-mock", "instructions": developer, "input": messages})
+            json!({"model": MODEL, "instructions": developer, "input": messages})
         } else {
-            json!({"model": "gpt-4o-mock", "messages": messages})
+            json!({"model": MODEL, "messages": messages})
         };
         body["tools"] = json!(tools);
         body["temperature"] = json!(0.2);
