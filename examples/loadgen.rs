@@ -4,7 +4,13 @@
 //! - `--mode rate --rate R`: open loop. Request `i` is due at `start + i/R`
 //!   whatever happened to earlier ones, and its latency is measured from when it
 //!   was due, not from when it was sent, so a stalled server is not hidden by a
-//!   stalled generator (coordinated omission).
+//!   stalled generator (coordinated omission). With `--arrivals poisson` the
+//!   same number of requests is due at random times instead (a Poisson process
+//!   given its count: uniform, sorted; seeded by `--seed`, so every system meets
+//!   the same schedule): on streams whose events come 10 ms apart, an even
+//!   schedule makes every stream that began a whole number of 10 ms earlier send
+//!   its event at the same instant, a burst each millisecond that no real traffic
+//!   lines up.
 //! - `--mode max --conns C`: closed loop, `C` connections each sending its next
 //!   request as soon as the previous response ends: maximum throughput.
 //!
@@ -67,6 +73,10 @@ struct Args {
     /// Rate mode: how long the schedule runs at the rate before the measured
     /// requests, whose answers are counted as warm-up and not measured.
     warmup: Duration,
+    /// Rate mode: `uniform` (request `i` due at `i/R`) or `poisson`.
+    arrivals: String,
+    /// The seed of the `poisson` schedule.
+    seed: u64,
 }
 
 fn parse_args() -> Args {
@@ -80,6 +90,8 @@ fn parse_args() -> Args {
         timeout: Duration::from_secs(10),
         trace: None,
         warmup: Duration::ZERO,
+        arrivals: "uniform".into(),
+        seed: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -94,10 +106,16 @@ fn parse_args() -> Args {
             "--timeout" => args.timeout = humantime::parse_duration(&value).unwrap(),
             "--trace" => args.trace = Some(value),
             "--warmup" => args.warmup = humantime::parse_duration(&value).unwrap(),
+            "--arrivals" => args.arrivals = value,
+            "--seed" => args.seed = value.parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
     assert!(!args.url.is_empty(), "--url is required");
+    assert!(
+        ["uniform", "poisson"].contains(&args.arrivals.as_str()),
+        "--arrivals is uniform or poisson"
+    );
     args
 }
 
@@ -529,10 +547,12 @@ async fn run(args: Args) -> serde_json::Value {
             recorder.lock().unwrap().start_unix = start_unix;
             recorder.lock().unwrap().start = Some(start);
             measured_from = start;
+            let measured = total - warmup;
+            let offsets = schedule(&args, warmup, measured);
             let (tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
             std::thread::spawn(move || {
-                for i in 0..total {
-                    let due = begin + interval.mul_f64(i as f64);
+                for offset in offsets {
+                    let due = begin + offset;
                     let now = Instant::now();
                     if due > now {
                         std::thread::sleep(due - now);
@@ -662,6 +682,36 @@ async fn run(args: Args) -> serde_json::Value {
         "spread_us": percentiles(&r.spread),
         "events_per_response": r.events,
     })
+}
+
+/// When each request of a rate-mode run is due, from the schedule's beginning:
+/// `warmup` requests in the warm-up, then `measured` in the run's duration.
+fn schedule(args: &Args, warmup: u64, measured: u64) -> Vec<Duration> {
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    if args.arrivals == "uniform" {
+        return (0..warmup + measured)
+            .map(|i| interval.mul_f64(i as f64))
+            .collect();
+    }
+    // A Poisson process given how many arrivals fall in a span puts them
+    // uniformly at random in it; warm-up and measured spans each keep the count
+    // an even schedule gives them.
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(args.seed);
+    let span = |count: u64| interval.mul_f64(count as f64).as_secs_f64();
+    let (warm_span, run_span) = (span(warmup), span(measured));
+    let mut offsets: Vec<f64> = (0..warmup + measured)
+        .map(|i| {
+            let u = rng.random::<f64>();
+            if i < warmup {
+                u * warm_span
+            } else {
+                warm_span + u * run_span
+            }
+        })
+        .collect();
+    offsets.sort_by(f64::total_cmp);
+    offsets.into_iter().map(Duration::from_secs_f64).collect()
 }
 
 fn main() {
