@@ -186,12 +186,12 @@ fn prose(n: usize) -> String {
     PROSE.chars().cycle().take(n).collect()
 }
 
-/// A request of `size` bytes, within a few bytes: the eight tools, a developer
-/// message, `turns` earlier user and assistant messages sharing the prose that
-/// brings it to its size, and the question.
 /// The model every request names.
 const MODEL: &str = "gpt-4o-mini";
 
+/// A request of `size` bytes, within a few bytes: the eight tools, a developer
+/// message, `turns` earlier user and assistant messages sharing the prose that
+/// brings it to its size, and the question.
 fn request_body(responses: bool, stream: bool, size: usize, turns: usize) -> Bytes {
     let build = |fill: usize| {
         let tools: Vec<serde_json::Value> = tools()
