@@ -27,14 +27,13 @@ SYSTEMS = [
 def main(results: str, out: str) -> None:
     report = json.load(open(results))
     summary = report["summary"]
-    method = report["method"]
     workloads = list(summary)
     columns = 4
     rows = (len(workloads) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), squeeze=False, sharex="col")
-    def rates_of(workload: str) -> list:
-        # Recordings from before streams had a rate of their own list one set.
-        return method.get("stream_rates", method["rates"]) if "-sse-" in workload else method["rates"]
+    def rates_of(workload: str) -> list[int]:
+        # The rates direct, always measured, was run at on this workload.
+        return sorted(int(r) for r in summary[workload]["direct"]["rate"])
 
     # A column shares its x axis, so its ticks are every rate of its workloads.
     ticks = [sorted({r for w in workloads[c::columns] for r in rates_of(w)}) for c in range(columns)]

@@ -538,7 +538,7 @@ async fn run(args: Args) -> serde_json::Value {
             // ones start with the connections and the in-flight requests of the
             // rate's steady state rather than building them up.
             let warmup = (args.warmup.as_secs_f64() * args.rate as f64).round() as u64;
-            let total = warmup + args.rate * args.duration.as_secs().max(1);
+            let measured = args.rate * args.duration.as_secs().max(1);
             // The schedule is kept by a thread of its own: the runtime's timer has
             // a resolution of 1 ms, too coarse for 1,000 requests a second.
             let begin = Instant::now() + Duration::from_millis(10);
@@ -547,8 +547,8 @@ async fn run(args: Args) -> serde_json::Value {
             recorder.lock().unwrap().start_unix = start_unix;
             recorder.lock().unwrap().start = Some(start);
             measured_from = start;
-            let measured = total - warmup;
-            let offsets = schedule(&args, warmup, measured);
+            let poisson = (args.arrivals == "poisson").then_some(args.seed);
+            let offsets = schedule(interval, warmup, measured, poisson);
             let (tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
             std::thread::spawn(move || {
                 for offset in offsets {
@@ -685,19 +685,19 @@ async fn run(args: Args) -> serde_json::Value {
 }
 
 /// When each request of a rate-mode run is due, from the schedule's beginning:
-/// `warmup` requests in the warm-up, then `measured` in the run's duration.
-fn schedule(args: &Args, warmup: u64, measured: u64) -> Vec<Duration> {
-    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    if args.arrivals == "uniform" {
+/// `warmup` requests in the warm-up, then `measured` in the run's duration, one
+/// every `interval`, or at random times from the seed in `poisson`.
+fn schedule(interval: Duration, warmup: u64, measured: u64, poisson: Option<u64>) -> Vec<Duration> {
+    let Some(seed) = poisson else {
         return (0..warmup + measured)
             .map(|i| interval.mul_f64(i as f64))
             .collect();
-    }
+    };
     // A Poisson process given how many arrivals fall in a span puts them
     // uniformly at random in it; warm-up and measured spans each keep the count
     // an even schedule gives them.
     use rand::{RngExt, SeedableRng};
-    let mut rng = rand_pcg::Pcg64::seed_from_u64(args.seed);
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
     let span = |count: u64| interval.mul_f64(count as f64).as_secs_f64();
     let (warm_span, run_span) = (span(warmup), span(measured));
     let mut offsets: Vec<f64> = (0..warmup + measured)
