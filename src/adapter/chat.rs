@@ -8,8 +8,11 @@
 //! [`StreamAssembler`] puts tool-call fragments back together by choice and index
 //! and says when each call is complete.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::Deserialize as _;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 pub use super::{AdapterError, GovernedTool, add_usage};
@@ -254,73 +257,60 @@ impl StreamAssembler {
 
     /// Takes one parsed chunk; returns what it completed.
     pub fn push(&mut self, chunk: &Value) -> Vec<StreamEvent> {
+        self.push_parts(Parts::from_value(chunk))
+    }
+
+    fn push_parts(&mut self, parts: Parts<'_>) -> Vec<StreamEvent> {
         let mut events = Vec::new();
-        let choices = chunk.get("choices").and_then(Value::as_array);
-        if choices.is_some_and(Vec::is_empty)
-            && let Some(usage) = chunk.get("usage").filter(|u| u.is_object())
-        {
-            events.push(StreamEvent::Usage(usage.clone()));
+        if let Some(usage) = parts.usage {
+            events.push(StreamEvent::Usage(usage));
         }
-        for (i, choice) in choices.into_iter().flatten().enumerate() {
-            let c = choice
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(i as u64);
+        for choice in parts.choices {
+            let c = choice.index;
             let open = self.open.entry(c).or_default();
-            let delta = choice.get("delta");
-            if let Some(fragments) = delta
-                .and_then(|d| d.get("tool_calls"))
-                .and_then(Value::as_array)
-            {
-                for f in fragments {
-                    let index = f.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    // Calls stream one after another: a new index closes the earlier ones.
-                    let earlier: Vec<u64> = open.keys().copied().filter(|k| *k < index).collect();
-                    for k in earlier {
-                        if let Some(call) = open.remove(&k) {
-                            events.push(StreamEvent::CallComplete {
-                                choice: c,
-                                index: k,
-                                call,
-                            });
-                        }
+            for f in choice.fragments {
+                // Calls stream one after another: a new index closes the earlier ones.
+                let earlier: Vec<u64> = open.keys().copied().filter(|k| *k < f.index).collect();
+                for k in earlier {
+                    if let Some(call) = open.remove(&k) {
+                        events.push(StreamEvent::CallComplete {
+                            choice: c,
+                            index: k,
+                            call,
+                        });
                     }
-                    let call = open.entry(index).or_default();
-                    if let Some(id) = f.get("id").and_then(Value::as_str) {
-                        call.id.push_str(id);
-                        self.taken += id.len();
-                    }
-                    if let Some(kind) = f.get("type").and_then(Value::as_str) {
-                        call.kind = kind.to_owned();
-                    }
-                    let body = f.get("function").or_else(|| f.get("custom"));
-                    if let Some(name) = body.and_then(|b| b.get("name")).and_then(Value::as_str) {
-                        call.name.push_str(name);
-                        self.taken += name.len();
-                    }
-                    let piece = body
-                        .and_then(|b| b.get("arguments").or_else(|| b.get("input")))
-                        .and_then(Value::as_str);
-                    if let Some(piece) = piece {
-                        call.arguments.push_str(piece);
-                        self.taken += piece.len();
-                    }
+                }
+                let call = open.entry(f.index).or_default();
+                if let Some(id) = f.id {
+                    call.id.push_str(&id);
+                    self.taken += id.len();
+                }
+                if let Some(kind) = f.kind {
+                    call.kind = kind.into_owned();
+                }
+                if let Some(name) = f.name {
+                    call.name.push_str(&name);
+                    self.taken += name.len();
+                }
+                if let Some(piece) = f.arguments {
+                    call.arguments.push_str(&piece);
+                    self.taken += piece.len();
                 }
             }
             // The legacy single `function_call`: one call, no id, completed by the finish.
-            if let Some(f) = delta.and_then(|d| d.get("function_call")) {
+            if let Some((name, arguments)) = choice.legacy {
                 let call = open.entry(LEGACY_INDEX).or_default();
                 call.kind = LEGACY_KIND.to_owned();
-                if let Some(name) = f.get("name").and_then(Value::as_str) {
+                if let Some(name) = name {
                     call.name.push_str(name);
                     self.taken += name.len();
                 }
-                if let Some(piece) = f.get("arguments").and_then(Value::as_str) {
+                if let Some(piece) = arguments {
                     call.arguments.push_str(piece);
                     self.taken += piece.len();
                 }
             }
-            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            if let Some(reason) = choice.finish {
                 let done = std::mem::take(open);
                 for (k, call) in done {
                     events.push(StreamEvent::CallComplete {
@@ -331,7 +321,7 @@ impl StreamAssembler {
                 }
                 events.push(StreamEvent::Finish {
                     choice: c,
-                    reason: reason.to_owned(),
+                    reason: reason.into_owned(),
                 });
             }
         }
@@ -421,6 +411,225 @@ pub fn chunk_shape(data: &str) -> Option<ChunkShape> {
         tail: finished || usage_only,
         error: peek.error.is_some(),
     })
+}
+
+/// What the assembler reads from one chunk: per choice, its call fragments, a
+/// legacy `function_call` and its finish reason; and the usage of a usage chunk.
+/// Taken from a parsed chunk ([`Parts::from_value`]) or, for the chunks of a call
+/// being streamed, straight from the chunk's text ([`TextChunk::parts`]).
+struct Parts<'a> {
+    usage: Option<Value>,
+    choices: Vec<ChoiceParts<'a>>,
+}
+
+struct ChoiceParts<'a> {
+    index: u64,
+    fragments: Vec<Fragment<'a>>,
+    /// A legacy `function_call`: its name and arguments pieces.
+    legacy: Option<(Option<&'a str>, Option<&'a str>)>,
+    finish: Option<Cow<'a, str>>,
+}
+
+struct Fragment<'a> {
+    index: u64,
+    id: Option<Cow<'a, str>>,
+    kind: Option<Cow<'a, str>>,
+    name: Option<Cow<'a, str>>,
+    arguments: Option<Cow<'a, str>>,
+}
+
+impl<'a> Parts<'a> {
+    /// Reads a parsed chunk as the SDKs do: a choice's `index` defaults to its
+    /// position, a fragment's to 0; fields of another type than expected are
+    /// ignored.
+    fn from_value(chunk: &'a Value) -> Self {
+        let choices = chunk.get("choices").and_then(Value::as_array);
+        let usage = if choices.is_some_and(Vec::is_empty) {
+            chunk.get("usage").filter(|u| u.is_object()).cloned()
+        } else {
+            None
+        };
+        let text = |v: Option<&'a Value>| v.and_then(Value::as_str);
+        let choices = choices
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, choice)| {
+                let delta = choice.get("delta");
+                let fragments = delta
+                    .and_then(|d| d.get("tool_calls"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|f| {
+                        let body = f.get("function").or_else(|| f.get("custom"));
+                        Fragment {
+                            index: f.get("index").and_then(Value::as_u64).unwrap_or(0),
+                            id: text(f.get("id")).map(Cow::Borrowed),
+                            kind: text(f.get("type")).map(Cow::Borrowed),
+                            name: text(body.and_then(|b| b.get("name"))).map(Cow::Borrowed),
+                            arguments: text(
+                                body.and_then(|b| b.get("arguments").or_else(|| b.get("input"))),
+                            )
+                            .map(Cow::Borrowed),
+                        }
+                    })
+                    .collect();
+                ChoiceParts {
+                    index: choice
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(i as u64),
+                    fragments,
+                    legacy: delta
+                        .and_then(|d| d.get("function_call"))
+                        .map(|f| (text(f.get("name")), text(f.get("arguments")))),
+                    finish: text(choice.get("finish_reason")).map(Cow::Borrowed),
+                }
+            })
+            .collect();
+        Self { usage, choices }
+    }
+}
+
+/// Deserialises any value as "the field is there", `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// A chunk read straight from its text, in the one form whose meaning is plain
+/// without building it: every field of the expected type, no field in the deltas
+/// but `role`, `content`, `refusal`, `tool_calls` and `function_call`. Anything
+/// else fails to read here and is parsed in full instead.
+#[derive(serde::Deserialize)]
+struct TextChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<TextChoice<'a>>>,
+    #[serde(default, borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "present")]
+    error: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct TextChoice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<TextDelta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextDelta<'a> {
+    #[serde(default, deserialize_with = "present")]
+    role: bool,
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<TextFragment<'a>>>,
+    #[serde(default, deserialize_with = "present")]
+    function_call: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct TextFragment<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: Option<TextBody<'a>>,
+    #[serde(default, borrow)]
+    custom: Option<TextBody<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TextBody<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    input: Option<Cow<'a, str>>,
+}
+
+impl<'a> TextChunk<'a> {
+    /// Reads an object chunk's text; `None` if it is not in this form.
+    fn read(data: &'a str) -> Option<Self> {
+        // A struct would also read a JSON array, field by position.
+        if !data.trim_start().starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(data).ok()
+    }
+
+    /// What the assembler takes from it, if that is all there is to it: `None` for
+    /// an error, a legacy call, or anything the client is to see of the first
+    /// choice's delta (text, a refusal, or a role not sent yet), and where a `null`
+    /// could mean something other than a missing field (`function: null` beside
+    /// `custom`, `arguments: null` beside `input`).
+    fn parts(self, role_sent: bool) -> Option<Parts<'a>> {
+        if self.error {
+            return None;
+        }
+        let nonempty = |s: &Option<Cow<'_, str>>| s.as_deref().is_some_and(|s| !s.is_empty());
+        if let Some(d) = self
+            .choices
+            .as_ref()
+            .and_then(|c| c.first())
+            .and_then(|c| c.delta.as_ref())
+            && ((d.role && !role_sent) || nonempty(&d.content) || nonempty(&d.refusal))
+        {
+            return None;
+        }
+        let usage = match (&self.choices, self.usage) {
+            (Some(c), Some(raw)) if c.is_empty() => serde_json::from_str::<Value>(raw.get())
+                .ok()
+                .filter(Value::is_object),
+            _ => None,
+        };
+        let mut choices = Vec::new();
+        for (i, choice) in self.choices.into_iter().flatten().enumerate() {
+            let mut fragments = Vec::new();
+            if let Some(delta) = choice.delta {
+                if delta.function_call {
+                    return None;
+                }
+                for f in delta.tool_calls.into_iter().flatten() {
+                    if f.function.is_none() && f.custom.is_some() {
+                        return None;
+                    }
+                    let body = f.function.or(f.custom);
+                    let (name, arguments) = match body {
+                        Some(b) if b.arguments.is_none() && b.input.is_some() => return None,
+                        Some(b) => (b.name, b.arguments),
+                        None => (None, None),
+                    };
+                    fragments.push(Fragment {
+                        index: f.index.unwrap_or(0),
+                        id: f.id,
+                        kind: f.kind,
+                        name,
+                        arguments,
+                    });
+                }
+            }
+            choices.push(ChoiceParts {
+                index: choice.index.unwrap_or(i as u64),
+                fragments,
+                legacy: None,
+                finish: choice.finish_reason,
+            });
+        }
+        Some(Parts { usage, choices })
+    }
 }
 
 /// The assembler's slot for a legacy `function_call` (never a real index).
@@ -696,7 +905,30 @@ impl StreamRewriter {
                 ));
             }
         }
-        for event in self.assembler.push(chunk) {
+        let events = self.assembler.push(chunk);
+        self.assembled(events, &mut out);
+        out
+    }
+
+    /// Takes one upstream chunk straight from its `data` text, without building
+    /// it, when nothing in it is for the client as it stands: a call's fragments,
+    /// a finish, the usage. `None` when it must be parsed in full and given to
+    /// [`StreamRewriter::push`] instead: it carries text or a role for the client,
+    /// a field the short form does not know, a legacy call or an error, or it is the
+    /// first chunk the rewriter sees.
+    pub fn push_text(&mut self, data: &str) -> Option<Vec<StreamOutput>> {
+        // The first chunk sets the envelope, from the chunk parsed.
+        self.envelope.as_ref()?;
+        let parts = TextChunk::read(data)?.parts(self.role_sent)?;
+        let events = self.assembler.push_parts(parts);
+        let mut out = Vec::new();
+        self.assembled(events, &mut out);
+        Some(out)
+    }
+
+    /// What the assembler completed: calls to decide, the round's finish, usage.
+    fn assembled(&mut self, events: Vec<StreamEvent>, out: &mut Vec<StreamOutput>) {
+        for event in events {
             match event {
                 StreamEvent::CallComplete {
                     choice: 0, call, ..
@@ -712,7 +944,6 @@ impl StreamRewriter {
                 _ => {}
             }
         }
-        out
     }
 
     /// Sends a decided call to the client, whole, at the next client index.
@@ -867,6 +1098,114 @@ impl StreamRewriter {
 #[cfg(test)]
 mod stream_tests {
     use super::*;
+
+    /// Feeds `chunks` to two rewriters, one parsing every chunk, the other reading
+    /// from the text what it can; they must give the same outputs, round end and
+    /// closing chunks. Returns how many chunks were read from their text.
+    fn both_ways(chunks: &[String]) -> usize {
+        let (mut parsed, mut read) = (StreamRewriter::new(), StreamRewriter::new());
+        let mut from_text = 0;
+        for (at, text) in chunks.iter().enumerate() {
+            let value: Value = serde_json::from_str(text).unwrap();
+            let expected = parsed.push(&value);
+            let got = match read.push_text(text) {
+                Some(out) => {
+                    from_text += 1;
+                    out
+                }
+                None => read.push(&value),
+            };
+            assert_eq!(got, expected, "chunk {at}: {text}");
+            for out in expected {
+                if let StreamOutput::Decide(call) = out {
+                    assert_eq!(read.relay(&call), parsed.relay(&call));
+                }
+            }
+            assert_eq!(read.held_bytes(), parsed.held_bytes());
+            assert_eq!(read.call_open(), parsed.call_open());
+        }
+        let (a, b) = (parsed.end_round(), read.end_round());
+        assert_eq!(b, a);
+        assert_eq!(read.finish(&b, true), parsed.finish(&a, true));
+        from_text
+    }
+
+    #[test]
+    fn chunks_read_from_their_text_mean_what_they_mean_parsed() {
+        let root = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/recorded/chat/"
+        );
+        let mut total = 0;
+        for file in std::fs::read_dir(root).unwrap() {
+            let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+            let chunks: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|l| *l != "[DONE]")
+                .map(str::to_owned)
+                .collect();
+            total += both_ways(&chunks);
+        }
+        // The recorded calls' fragments, finishes and usage chunks.
+        assert!(total >= 10, "only {total} chunks were read from their text");
+
+        // Edge cases, after an ordinary first chunk that sets the envelope.
+        let first = r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
+        let cases: &[&[&str]] = &[
+            // Two calls, escapes in the arguments, the usage at the end.
+            &[
+                r#"{"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"f","arguments":""}}]},"logprobs":null,"finish_reason":null}]}"#,
+                r#"{"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"q\":\"\u00e9\\n\"}"}}]}}]}"#,
+                r#"{"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+                r#"{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+                r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+            ],
+            // A role not sent yet, text, a refusal and an unknown delta field all go
+            // the parsed way; so do a legacy call and `null`s that could mean more.
+            &[
+                r#"{"choices":[{"index":0,"delta":{"refusal":"no"}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"content":"hi","tool_calls":[{"index":0,"id":"x","function":{"name":"f"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"audio":{"id":"a"},"tool_calls":[{"index":0,"function":{"arguments":"1"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"y","function":null,"custom":{"name":"c","input":"raw"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":2,"id":"z","custom":{"name":"c","arguments":null,"input":"raw"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"id":"w","custom":{"name":"c","input":"raw"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"function":{"input":"in"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"function":null,"custom":{"name":"c","arguments":"a"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"function":{"arguments":null,"input":"in"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"function_call":{"name":"legacy","arguments":"{}"}}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1.0,"id":7,"function":{"name":["f"]}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":4,"id":"d","id":"e"}]}}]}"#,
+                r#"{"choices":[{"index":"0","delta":"x","finish_reason":5}]}"#,
+                r#"{"choices":[{"delta":{"tool_calls":null,"content":null}},{"index":1,"delta":{"content":"other choice"},"finish_reason":"stop"}]}"#,
+                r#"{"choices":[{"index":0,"delta":null,"finish_reason":"tool_calls"}],"usage":null}"#,
+                r#"{"choices":[],"usage":"not an object"}"#,
+                r#"[[{"index":0,"delta":{"tool_calls":[{"index":9,"id":"arr"}]},"finish_reason":"stop"}]]"#,
+                r#"{"choices":null}"#,
+            ],
+        ];
+        for case in cases {
+            let chunks: Vec<String> = std::iter::once(first)
+                .chain(case.iter().copied())
+                .map(str::to_owned)
+                .collect();
+            both_ways(&chunks);
+        }
+        // A role the client has not had yet is never taken from the text.
+        let mut rw = StreamRewriter::new();
+        rw.push(&json!({"id": "c", "choices": []}));
+        assert!(
+            rw.push_text(r#"{"choices":[{"index":0,"delta":{"role":null}}]}"#)
+                .is_none()
+        );
+        assert!(rw.push_text(r#"{"error":null}"#).is_none());
+        assert!(rw.push_text(r#"{"choices":[]}"#).is_some());
+        assert!(
+            StreamRewriter::new()
+                .push_text(r#"{"choices":[]}"#)
+                .is_none()
+        );
+    }
 
     #[test]
     fn the_shape_of_a_chunk_is_read_without_building_it() {

@@ -125,6 +125,8 @@ struct Job {
 struct Shared {
     chain: Mutex<ChainState>,
     key: SigningKey,
+    /// The id of `key`'s public half, as every record names it.
+    key_id: String,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     /// The last write failure, until a write succeeds again.
     failing: Mutex<Option<String>>,
@@ -287,6 +289,7 @@ impl ReceiptLog {
         let (tx, rx) = mpsc::channel::<Job>();
         let shared = Arc::new(Shared {
             chain: Mutex::new(chain.clone()),
+            key_id: crate::kernel::token::key_id(&key.verifying_key()),
             key,
             queue: Mutex::new(Some(tx)),
             failing: Mutex::new(None),
@@ -350,7 +353,7 @@ impl ReceiptLog {
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Receipt, LogError>>, LogError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         // Everything that does not depend on the chain is done before the lock.
-        let prepared = Prepared::new(draft, &self.shared.key.verifying_key())
+        let prepared = Prepared::new(draft, &self.shared.key_id)
             .map_err(|e| LogError::Record(e.to_string()))?;
         let receipt_id = format!("rcpt_{}", uuid::Uuid::now_v7().simple());
         let mut chain = lock(&self.shared.chain);

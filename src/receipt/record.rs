@@ -272,28 +272,48 @@ fn plain(s: &str) -> Result<&str, RecordError> {
 }
 
 impl Prepared {
-    /// Serialises the constant part of `draft`, to be signed with `key`.
-    pub fn new(draft: Draft, key: &VerifyingKey) -> Result<Self, RecordError> {
-        let key_id = crate::kernel::token::key_id(key);
+    /// Serialises the constant part of `draft`, to be signed by the key named
+    /// `key_id` ([`crate::kernel::token::key_id`]).
+    ///
+    /// Only `parameters` and `metadata`, whose shape the draft does not fix, go
+    /// through the general canonicaliser; the record's own objects are written with
+    /// their keys in RFC 8785 order, and strings as JSON writes them, which is the
+    /// RFC's form too (`\b \t \n \f \r`, other control characters as lower-case
+    /// `\u00xx`, `"` and `\` escaped, everything else as it is).
+    pub fn new(draft: Draft, key_id: &str) -> Result<Self, RecordError> {
+        let key_id = key_id.to_owned();
         let d = &draft;
+        let (a, r) = (&d.action, &d.reason);
+        let action = format!(
+            "{{\"parameters\":{},\"parameters_hash\":{},\"tool_call_id\":{},\"tool_name\":{}}}",
+            jcs_text(&a.parameters)?,
+            json_text(&a.parameters_hash)?,
+            json_text(&a.tool_call_id)?,
+            json_text(&a.tool_name)?
+        );
+        let reason = format!(
+            "{{\"code\":{},\"matched_rule\":{},\"message\":{}}}",
+            json_text(&r.code)?,
+            json_text(&r.matched_rule)?,
+            json_text(&r.message)?
+        );
         let jcs = [
             format!(
-                "{{\"action\":{},\"agent_id\":{},\"decision\":{},\"key_id\":{},\"metadata\":{},\"policy_hash\":{},\"prev\":\"",
-                jcs_text(&d.action)?,
-                jcs_text(&d.agent_id)?,
-                jcs_text(&d.decision)?,
-                jcs_text(&key_id)?,
+                "{{\"action\":{action},\"agent_id\":{},\"decision\":{},\"key_id\":{},\"metadata\":{},\"policy_hash\":{},\"prev\":\"",
+                json_text(&d.agent_id)?,
+                json_text(&d.decision)?,
+                json_text(&key_id)?,
                 jcs_text(&d.metadata)?,
-                jcs_text(&d.policy_hash)?
+                json_text(&d.policy_hash)?
             ),
-            format!("\",\"reason\":{},\"receipt_id\":\"", jcs_text(&d.reason)?),
-            format!("\",\"request_id\":{},\"seq\":", jcs_text(&d.request_id)?),
+            format!("\",\"reason\":{reason},\"receipt_id\":\""),
+            format!("\",\"request_id\":{},\"seq\":", json_text(&d.request_id)?),
             format!(
                 ",\"server_id\":{},\"surface\":{},\"timestamp\":\"",
-                jcs_text(&d.server_id)?,
-                jcs_text(&d.surface)?
+                json_text(&d.server_id)?,
+                json_text(&d.surface)?
             ),
-            format!("\",\"version\":{}}}", jcs_text(VERSION)?),
+            format!("\",\"version\":{}}}", json_text(VERSION)?),
         ];
         let line = [
             format!("{{\"version\":{},\"receipt_id\":\"", json_text(VERSION)?),
@@ -419,27 +439,35 @@ mod tests {
     #[test]
     fn prepared_records_are_byte_for_byte_the_slow_path() {
         let key = SigningKey::from_bytes(&[11; 32]);
+        let key_id = crate::kernel::token::key_id(&key.verifying_key());
         let mut d = draft();
-        d.action.parameters =
-            json!({"z": "é\u{1f600}\"q\"\\", "a": [1.5, 1e21, null], "m": {"b": 2, "a": 1}});
+        d.action.parameters = json!({"z": "é\u{1f600}\"q\"\\", "a": [1.5, 1e21, null], "m": {"b": 2, "a": 1}, "\u{20ac}": 0, "\r": -0.0});
         d.reason.message = "line\nbreak \u{7} and \u{2028}".into();
+        let mut other = draft();
+        other.reason.matched_rule = None;
+        other.action.tool_name = "t\u{1}\u{7f}\u{fb33}\u{1f600}".into();
+        other.action.tool_call_id = "call \"x\"\t\\".into();
+        other.agent_id = "\u{8}\u{c}".into();
+        other.metadata = json!({"round": 2, "route": "client", "adapter": "chat", "n": 3e-7});
         let prev = "ab".repeat(32);
-        let (fast, line) = Prepared::new(d.clone(), &key.verifying_key())
-            .unwrap()
-            .finish(41, &prev, "rcpt_0190", "2026-11-21T22:00:00.000001Z", &key)
+        for d in [d, other] {
+            let (fast, line) = Prepared::new(d.clone(), &key_id)
+                .unwrap()
+                .finish(41, &prev, "rcpt_0190", "2026-11-21T22:00:00.000001Z", &key)
+                .unwrap();
+            let slow = Receipt::sign(
+                d,
+                41,
+                prev.clone(),
+                "rcpt_0190".into(),
+                "2026-11-21T22:00:00.000001Z".into(),
+                &key,
+            )
             .unwrap();
-        let slow = Receipt::sign(
-            d,
-            41,
-            prev,
-            "rcpt_0190".into(),
-            "2026-11-21T22:00:00.000001Z".into(),
-            &key,
-        )
-        .unwrap();
-        assert_eq!(fast, slow);
-        assert_eq!(line, slow.to_line().unwrap());
-        fast.verify_signature(&key.verifying_key()).unwrap();
+            assert_eq!(fast, slow);
+            assert_eq!(line, slow.to_line().unwrap());
+            fast.verify_signature(&key.verifying_key()).unwrap();
+        }
     }
 
     #[test]

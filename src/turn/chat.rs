@@ -677,24 +677,31 @@ impl Governance {
                     }
                 }
             }
-            let chunk: Value = match serde_json::from_str(&event.data) {
-                Ok(v) => v,
-                Err(_) => {
-                    return Err(driver
-                        .fail("the upstream sent an event tollgate cannot read")
-                        .await);
+            // A call's fragments, its finish and the usage are read straight from
+            // the text; anything else is parsed in full.
+            let outputs = match driver.rw.push_text(&event.data) {
+                Some(outputs) => outputs,
+                None => {
+                    let chunk: Value = match serde_json::from_str(&event.data) {
+                        Ok(v) => v,
+                        Err(_) => {
+                            return Err(driver
+                                .fail("the upstream sent an event tollgate cannot read")
+                                .await);
+                        }
+                    };
+                    if chunk.get("error").is_some() {
+                        // The upstream's own error event ends the stream as it is.
+                        let end = StreamEnd::Failed(from_error(&GovernError::Upstream(200, chunk)));
+                        return Err(if driver.send(raw).await {
+                            end
+                        } else {
+                            StreamEnd::ClientGone
+                        });
+                    }
+                    driver.rw.push(&chunk)
                 }
             };
-            if chunk.get("error").is_some() {
-                // The upstream's own error event ends the stream as it is.
-                let end = StreamEnd::Failed(from_error(&GovernError::Upstream(200, chunk)));
-                return Err(if driver.send(raw).await {
-                    end
-                } else {
-                    StreamEnd::ClientGone
-                });
-            }
-            let outputs = driver.rw.push(&chunk);
             for output in outputs {
                 match output {
                     StreamOutput::Emit(chunk) => {
