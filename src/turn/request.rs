@@ -130,7 +130,11 @@ impl ClientRequest {
 impl Head {
     /// Reads `body`'s top level; `None` if it is not a JSON object.
     pub fn read(body: &[u8]) -> Option<Self> {
-        let top: Top<'_> = serde_json::from_slice(body).ok()?;
+        // One check of the whole body as UTF-8 (word by word over ASCII) instead of
+        // one per string: JSON text is UTF-8 throughout, so it accepts and refuses
+        // the same bodies, and the parser then takes the strings as they are.
+        let text = std::str::from_utf8(body).ok()?;
+        let top: Top<'_> = serde_json::from_str(text).ok()?;
         let value =
             |raw: Option<&RawValue>| raw.and_then(|r| serde_json::from_str::<Value>(r.get()).ok());
         let is_true = |raw: Option<&RawValue>| raw.is_some_and(|r| r.get() == "true");
@@ -445,6 +449,11 @@ mod tests {
             b"{\"a\":1} x",
             b"{\"a\":tru}",
             b"",
+            // Not UTF-8: in a string, in a key, in an ignored value, outside strings.
+            b"{\"messages\":[{\"content\":\"caf\xe9\"}]}",
+            b"{\"k\xff\":1}",
+            b"{\"stream\":true,\"tools\":[{\"type\":\"function\",\"x\":\"\xc3\"}]}",
+            b"{\"a\":1}\xa0",
         ] {
             assert!(
                 ClientRequest::read(Bytes::copy_from_slice(body)).is_none(),
@@ -452,6 +461,8 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+        let accented = "{\"messages\":[{\"content\":\"caf\u{e9} \u{1f600}\"}],\"stream\":true}";
+        assert!(ClientRequest::read(Bytes::from(accented)).is_some_and(|r| r.head().stream));
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
         assert!(
             ClientRequest::read(Bytes::from(deep)).is_none(),
