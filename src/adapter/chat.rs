@@ -497,6 +497,77 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
+/// A struct read only from a JSON object: a derived one also reads an array, field
+/// by position, where a parsed chunk has no fields at all.
+struct Obj<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(Fields(std::marker::PhantomData))
+    }
+}
+
+/// Any JSON value, read as a tree is built (every string decoded, every number in
+/// range, within the parser's depth limit) but not built. [`TextChunk::read`] checks
+/// a chunk's text with it first, since the fields it skips are only scanned, so
+/// that it takes no text a parsed chunk would refuse.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> serde::de::Visitor<'de> for Any {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Checked, A::Error> {
+                while map.next_entry::<Checked, Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+        }
+        d.deserialize_any(Any)
+    }
+}
+
 /// A chunk read straight from its text, in the one form whose meaning is plain
 /// without building it: every field of the expected type, no field in the deltas
 /// but `role`, `content`, `refusal`, `tool_calls` and `function_call`. Anything
@@ -504,7 +575,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 #[derive(serde::Deserialize)]
 struct TextChunk<'a> {
     #[serde(default, borrow)]
-    choices: Option<Vec<TextChoice<'a>>>,
+    choices: Option<Vec<Obj<TextChoice<'a>>>>,
     #[serde(default, borrow)]
     usage: Option<&'a RawValue>,
     #[serde(default, deserialize_with = "present")]
@@ -516,7 +587,7 @@ struct TextChoice<'a> {
     #[serde(default)]
     index: Option<u64>,
     #[serde(default, borrow)]
-    delta: Option<TextDelta<'a>>,
+    delta: Option<Obj<TextDelta<'a>>>,
     #[serde(default, borrow)]
     finish_reason: Option<Cow<'a, str>>,
 }
@@ -531,7 +602,7 @@ struct TextDelta<'a> {
     #[serde(default, borrow)]
     refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    tool_calls: Option<Vec<TextFragment<'a>>>,
+    tool_calls: Option<Vec<Obj<TextFragment<'a>>>>,
     #[serde(default, deserialize_with = "present")]
     function_call: bool,
 }
@@ -545,9 +616,9 @@ struct TextFragment<'a> {
     #[serde(default, borrow, rename = "type")]
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    function: Option<TextBody<'a>>,
+    function: Option<Obj<TextBody<'a>>>,
     #[serde(default, borrow)]
-    custom: Option<TextBody<'a>>,
+    custom: Option<Obj<TextBody<'a>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -563,11 +634,9 @@ struct TextBody<'a> {
 impl<'a> TextChunk<'a> {
     /// Reads an object chunk's text; `None` if it is not in this form.
     fn read(data: &'a str) -> Option<Self> {
-        // A struct would also read a JSON array, field by position.
-        if !data.trim_start().starts_with('{') {
-            return None;
-        }
-        serde_json::from_str(data).ok()
+        // First the text as a parsed chunk would take it, then its fields.
+        serde_json::from_str::<Checked>(data).ok()?;
+        serde_json::from_str::<Obj<Self>>(data).ok().map(|o| o.0)
     }
 
     /// What the assembler takes from it, if that is all there is to it: `None` for
@@ -584,7 +653,8 @@ impl<'a> TextChunk<'a> {
             .choices
             .as_ref()
             .and_then(|c| c.first())
-            .and_then(|c| c.delta.as_ref())
+            .and_then(|c| c.0.delta.as_ref())
+            .map(|d| &d.0)
             && ((d.role && !role_sent) || nonempty(&d.content) || nonempty(&d.refusal))
         {
             return None;
@@ -596,17 +666,17 @@ impl<'a> TextChunk<'a> {
             _ => None,
         };
         let mut choices = Vec::new();
-        for (i, choice) in self.choices.into_iter().flatten().enumerate() {
+        for (i, Obj(choice)) in self.choices.into_iter().flatten().enumerate() {
             let mut fragments = Vec::new();
-            if let Some(delta) = choice.delta {
+            if let Some(Obj(delta)) = choice.delta {
                 if delta.function_call {
                     return None;
                 }
-                for f in delta.tool_calls.into_iter().flatten() {
+                for Obj(f) in delta.tool_calls.into_iter().flatten() {
                     if f.function.is_none() && f.custom.is_some() {
                         return None;
                     }
-                    let body = f.function.or(f.custom);
+                    let body = f.function.or(f.custom).map(|b| b.0);
                     let (name, arguments) = match body {
                         Some(b) if b.arguments.is_none() && b.input.is_some() => return None,
                         Some(b) => (b.name, b.arguments),
@@ -1190,6 +1260,38 @@ mod stream_tests {
                 .map(str::to_owned)
                 .collect();
             both_ways(&chunks);
+        }
+        // Arrays where objects belong have no fields for a parsed chunk; a struct
+        // would read them field by position. Each follows an open call.
+        let open = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"f","arguments":"{}"}}]}}]}"#;
+        for probe in [
+            r#"{"choices":[[0,null,"tool_calls"]]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[[1,"call_b","function",["g","{}"]]]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":[null,null,null,[{"index":1,"id":"call_b"}]]}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":["x","MORE"]}]},"finish_reason":"tool_calls"}]}"#,
+        ] {
+            both_ways(&[first.to_owned(), open.to_owned(), probe.to_owned()]);
+        }
+        // Text a parsed chunk refuses (too deep, a lone surrogate, a number out of
+        // range), even in fields the short form skips, is never read from the text:
+        // it goes the parsed way and fails there.
+        let deep = format!(
+            r#"{{"choices":[],"x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for probe in [
+            deep.as_str(),
+            r#"{"id":"\ud800","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"role":"\udc00"},"finish_reason":"tool_calls"}]}"#,
+            r#"{"x":-1e999,"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1e400}}"#,
+        ] {
+            assert!(serde_json::from_str::<Value>(probe).is_err(), "{probe}");
+            let mut rw = StreamRewriter::new();
+            rw.push(&serde_json::from_str(first).unwrap());
+            rw.push(&serde_json::from_str(open).unwrap());
+            assert!(rw.push_text(probe).is_none(), "{probe}");
         }
         // A role the client has not had yet is never taken from the text.
         let mut rw = StreamRewriter::new();
