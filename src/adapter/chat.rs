@@ -518,8 +518,8 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
 }
 
 /// Any JSON value, read as a tree is built (every string decoded, every number in
-/// range, within the parser's depth limit) but not built. [`TextChunk::read`] checks
-/// a chunk's text with it first, since the fields it skips are only scanned, so
+/// range, within the parser's depth limit) but not built. [`TextChunk::parts_of`]
+/// checks a chunk's text with it, since the fields it skips are only scanned, so
 /// that it takes no text a parsed chunk would refuse.
 struct Checked;
 
@@ -632,11 +632,18 @@ struct TextBody<'a> {
 }
 
 impl<'a> TextChunk<'a> {
-    /// Reads an object chunk's text; `None` if it is not in this form.
-    fn read(data: &'a str) -> Option<Self> {
-        // First the text as a parsed chunk would take it, then its fields.
+    /// What the assembler takes from a chunk's text, if the text is in this form
+    /// and that is all there is to it ([`TextChunk::parts`]).
+    fn parts_of(data: &'a str, role_sent: bool) -> Option<Parts<'a>> {
+        let parts = serde_json::from_str::<Obj<Self>>(data)
+            .ok()?
+            .0
+            .parts(role_sent)?;
+        // The fields read here were only scanned where skipped, so the whole text is
+        // checked as a parsed chunk would take it; only a chunk taken this way pays
+        // for that, not one that goes the parsed way anyway.
         serde_json::from_str::<Checked>(data).ok()?;
-        serde_json::from_str::<Obj<Self>>(data).ok().map(|o| o.0)
+        Some(parts)
     }
 
     /// What the assembler takes from it, if that is all there is to it: `None` for
@@ -989,7 +996,7 @@ impl StreamRewriter {
     pub fn push_text(&mut self, data: &str) -> Option<Vec<StreamOutput>> {
         // The first chunk sets the envelope, from the chunk parsed.
         self.envelope.as_ref()?;
-        let parts = TextChunk::read(data)?.parts(self.role_sent)?;
+        let parts = TextChunk::parts_of(data, self.role_sent)?;
         let events = self.assembler.push_parts(parts);
         let mut out = Vec::new();
         self.assembled(events, &mut out);
