@@ -283,19 +283,31 @@ impl Prepared {
     pub fn new(draft: Draft, key_id: &str) -> Result<Self, RecordError> {
         let key_id = key_id.to_owned();
         let d = &draft;
-        let (a, r) = (&d.action, &d.reason);
+        // Every field named, so that a field added to either struct fails to
+        // compile here instead of leaving the signed bytes short of it.
+        let ActionRecord {
+            tool_name,
+            tool_call_id,
+            parameters,
+            parameters_hash,
+        } = &d.action;
+        let Reason {
+            code,
+            message,
+            matched_rule,
+        } = &d.reason;
         let action = format!(
             "{{\"parameters\":{},\"parameters_hash\":{},\"tool_call_id\":{},\"tool_name\":{}}}",
-            jcs_text(&a.parameters)?,
-            json_text(&a.parameters_hash)?,
-            json_text(&a.tool_call_id)?,
-            json_text(&a.tool_name)?
+            jcs_text(parameters)?,
+            json_text(parameters_hash)?,
+            json_text(tool_call_id)?,
+            json_text(tool_name)?
         );
         let reason = format!(
             "{{\"code\":{},\"matched_rule\":{},\"message\":{}}}",
-            json_text(&r.code)?,
-            json_text(&r.matched_rule)?,
-            json_text(&r.message)?
+            json_text(code)?,
+            json_text(matched_rule)?,
+            json_text(message)?
         );
         let jcs = [
             format!(
