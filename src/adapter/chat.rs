@@ -568,6 +568,55 @@ impl<'de> serde::Deserialize<'de> for Checked {
     }
 }
 
+/// Whether JSON text the parser has already read through, skipping values, holds
+/// none of what a skipped value is not checked for, so that [`Checked`] would take
+/// it too: no `\u` escape (it could be a lone surrogate), no number that could be
+/// out of range (one with an exponent, or over 18 characters long), and nesting
+/// far inside the parser's limit of 128. A scan of the bytes; `false` sends the
+/// text to the full check, so it may be `false` for text that would pass it.
+fn plain(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        match b {
+            b'"' => {
+                // To the closing quote; an escape takes the next byte with it.
+                at += 1;
+                loop {
+                    match bytes.get(at) {
+                        Some(b'"') => break,
+                        Some(b'\\') if bytes.get(at + 1) == Some(&b'u') => return false,
+                        Some(b'\\') => at += 2,
+                        Some(_) => at += 1,
+                        None => return false,
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > 64 {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                while let Some(b'0'..=b'9' | b'.' | b'-' | b'+' | b'e' | b'E') = bytes.get(at + 1) {
+                    at += 1;
+                }
+                let number = bytes.get(start..=at).unwrap_or_default();
+                if number.len() > 18 || number.iter().any(|b| matches!(b, b'e' | b'E')) {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    true
+}
+
 /// A chunk read straight from its text, in the one form whose meaning is plain
 /// without building it: every field of the expected type, no field in the deltas
 /// but `role`, `content`, `refusal`, `tool_calls` and `function_call`. Anything
@@ -641,8 +690,11 @@ impl<'a> TextChunk<'a> {
             .parts(role_sent)?;
         // The fields read here were only scanned where skipped, so the whole text is
         // checked as a parsed chunk would take it; only a chunk taken this way pays
-        // for that, not one that goes the parsed way anyway.
-        serde_json::from_str::<Checked>(data).ok()?;
+        // for that, not one that goes the parsed way anyway, and a plain one only
+        // for a scan of its bytes.
+        if !plain(data) {
+            serde_json::from_str::<Checked>(data).ok()?;
+        }
         Some(parts)
     }
 
@@ -878,8 +930,8 @@ mod tests {
 /// What the stream rewriter needs from its driver, or gives to the client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamOutput {
-    /// A chunk for the client (already rewritten).
-    Emit(Value),
+    /// A chunk for the client (already rewritten), as JSON text.
+    Emit(String),
     /// A tool call is complete: decide it, then call [`StreamRewriter::relay`] or
     /// [`StreamRewriter::handle`].
     Decide(AssembledCall),
@@ -908,7 +960,9 @@ pub struct RoundEnd {
 #[derive(Debug, Default)]
 pub struct StreamRewriter {
     assembler: StreamAssembler,
-    envelope: Option<Map<String, Value>>,
+    /// The envelope's members as JSON text, without the braces (`"id":"...",
+    /// "object":...`), written once and put in front of every chunk tollgate makes.
+    envelope: Option<String>,
     role_sent: bool,
     client_index: u64,
     round_content: String,
@@ -927,13 +981,21 @@ impl StreamRewriter {
         Self::default()
     }
 
-    fn chunk(&self, delta: Value, finish: Value) -> Value {
-        let mut out = self.envelope.clone().unwrap_or_default();
-        out.insert(
-            "choices".into(),
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
-        );
-        Value::Object(out)
+    /// A chunk of tollgate's own: the envelope, then one choice with `delta`.
+    fn chunk(&self, delta: &Value, finish: &Value) -> String {
+        self.enveloped(&format!(
+            r#""choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]"#
+        ))
+    }
+
+    /// An object of the envelope's members followed by `rest` (members as text):
+    /// the bytes a JSON object of the envelope's keys and then `rest`'s would
+    /// serialise to.
+    fn enveloped(&self, rest: &str) -> String {
+        match self.envelope.as_deref() {
+            Some(members) if !members.is_empty() => format!("{{{members},{rest}}}"),
+            _ => format!("{{{rest}}}"),
+        }
     }
 
     /// Takes one upstream chunk (parsed `data:` JSON).
@@ -978,7 +1040,7 @@ impl StreamRewriter {
                     self.role_sent = true;
                 }
                 out.push(StreamOutput::Emit(
-                    self.chunk(Value::Object(visible), Value::Null),
+                    self.chunk(&Value::Object(visible), &Value::Null),
                 ));
             }
         }
@@ -1024,13 +1086,13 @@ impl StreamRewriter {
     }
 
     /// Sends a decided call to the client, whole, at the next client index.
-    pub fn relay(&mut self, call: &AssembledCall) -> Value {
+    pub fn relay(&mut self, call: &AssembledCall) -> String {
         if call.kind == LEGACY_KIND {
             self.legacy_relayed = true;
             self.round_relayed += 1;
             return self.chunk(
-                json!({"function_call": {"name": call.name, "arguments": call.arguments}}),
-                Value::Null,
+                &json!({"function_call": {"name": call.name, "arguments": call.arguments}}),
+                &Value::Null,
             );
         }
         let kind = if call.kind.is_empty() {
@@ -1042,7 +1104,7 @@ impl StreamRewriter {
             "function": {"name": call.name, "arguments": call.arguments}});
         self.client_index += 1;
         self.round_relayed += 1;
-        self.chunk(json!({"tool_calls": [fragment]}), Value::Null)
+        self.chunk(&json!({"tool_calls": [fragment]}), &Value::Null)
     }
 
     /// Learns from a chunk that went to the client as the upstream sent it:
@@ -1081,20 +1143,26 @@ impl StreamRewriter {
                     env.insert(key.into(), v.clone());
                 }
             }
-            self.envelope = Some(env);
+            let text = Value::Object(env).to_string();
+            // `{...}`: the members are what lies between the braces.
+            let members = text
+                .strip_prefix('{')
+                .and_then(|t| t.strip_suffix('}'))
+                .unwrap_or_default();
+            self.envelope = Some(members.to_owned());
         }
     }
 
     /// A content chunk of tollgate's own (e.g. why the loop stopped), part of
     /// the current round's assistant text.
-    pub fn text(&mut self, text: &str) -> Value {
+    pub fn text(&mut self, text: &str) -> String {
         self.round_content.push_str(text);
         let mut delta = json!({"content": text});
         if !self.role_sent {
             self.role_sent = true;
             delta = json!({"role": "assistant", "content": text});
         }
-        self.chunk(delta, Value::Null)
+        self.chunk(&delta, &Value::Null)
     }
 
     /// Whether a call of the current round is still being received.
@@ -1160,12 +1228,9 @@ impl StreamRewriter {
                 Some(other) => other.to_owned(),
             }
         };
-        let mut out = vec![self.chunk(json!({}), Value::String(reason)).to_string()];
+        let mut out = vec![self.chunk(&json!({}), &Value::String(reason))];
         if include_usage && let Some(usage) = &self.usage {
-            let mut env = self.envelope.clone().unwrap_or_default();
-            env.insert("choices".into(), json!([]));
-            env.insert("usage".into(), usage.clone());
-            out.push(Value::Object(env).to_string());
+            out.push(self.enveloped(&format!(r#""choices":[],"usage":{usage}"#)));
         }
         out.push("[DONE]".to_owned());
         out
@@ -1205,6 +1270,137 @@ mod stream_tests {
         assert_eq!(b, a);
         assert_eq!(read.finish(&b, true), parsed.finish(&a, true));
         from_text
+    }
+
+    #[test]
+    fn chunks_of_our_own_are_the_envelope_then_the_choice() {
+        // The envelope's keys in their fixed order, whatever the upstream's, and
+        // strings escaped as JSON writes them; other keys stay out.
+        let first = json!({"model": "m\"\u{2028}é", "extra": 1, "id": "c\\1", "created": 17,
+            "system_fingerprint": null, "object": "chat.completion.chunk", "service_tier": "default",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]});
+        let mut rw = StreamRewriter::new();
+        rw.push(&first);
+        let envelope = |choices: Value| {
+            json!({"id": "c\\1", "object": "chat.completion.chunk", "created": 17,
+                "model": "m\"\u{2028}é", "service_tier": "default", "system_fingerprint": null,
+                "choices": choices})
+        };
+        let call = AssembledCall {
+            id: "call_1".into(),
+            kind: String::new(),
+            name: "f".into(),
+            arguments: "{\"q\":\"\\n\"}".into(),
+        };
+        assert_eq!(
+            rw.relay(&call),
+            envelope(
+                json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1",
+                "type": "function", "function": {"name": "f", "arguments": "{\"q\":\"\\n\"}"}}]},
+                "logprobs": null, "finish_reason": null}])
+            )
+            .to_string()
+        );
+        assert_eq!(
+            rw.text("done"),
+            envelope(
+                json!([{"index": 0, "delta": {"content": "done"}, "logprobs": null,
+                "finish_reason": null}])
+            )
+            .to_string()
+        );
+        rw.push(&json!({"choices": [], "usage": {"total_tokens": 3}}));
+        let end = rw.end_round();
+        let mut usage = envelope(json!([]));
+        usage["usage"] = json!({"total_tokens": 3});
+        assert_eq!(
+            rw.finish(&end, true),
+            vec![
+                envelope(json!([{"index": 0, "delta": {}, "logprobs": null,
+                    "finish_reason": "tool_calls"}]))
+                .to_string(),
+                usage.to_string(),
+                "[DONE]".to_owned()
+            ]
+        );
+        // No envelope keys, or no chunk seen yet: the choice alone.
+        let mut bare = StreamRewriter::new();
+        assert_eq!(
+            bare.text("x"),
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"x"},"logprobs":null,"finish_reason":null}]}"#
+        );
+        bare.push(&json!({"choices": []}));
+        assert_eq!(
+            bare.text("y"),
+            r#"{"choices":[{"index":0,"delta":{"content":"y"},"logprobs":null,"finish_reason":null}]}"#
+        );
+    }
+
+    #[test]
+    fn the_scan_leaves_to_the_full_check_all_it_does_not_rule_out() {
+        // Values a skipping read takes. `plain` must pass only text that the full
+        // check and the tree parser take too, and must pass the everyday ones.
+        // Whether each passes the scan (inside an object, one level down).
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let values = [
+            (r#""plain""#.to_owned(), true),
+            (
+                r#""quote \" slash \/ backslash \\ newline \n tab \t""#.to_owned(),
+                true,
+            ),
+            (
+                r#""an escaped backslash, then u: \\u0041""#.to_owned(),
+                true,
+            ),
+            (r#""\u0041""#.to_owned(), false),
+            (r#""\ud83d\ude00""#.to_owned(), false),
+            (r#""\ud800""#.to_owned(), false),
+            (r#""\udc00x""#.to_owned(), false),
+            ("0".to_owned(), true),
+            ("-0".to_owned(), true),
+            ("-0.0".to_owned(), true),
+            ("1.5".to_owned(), true),
+            ("999999999999999999".to_owned(), true),
+            ("-99999999999999999".to_owned(), true),
+            ("12345678.123456789".to_owned(), true),
+            ("18446744073709551615".to_owned(), false),
+            ("-9223372036854775809".to_owned(), false),
+            ("1e5".to_owned(), false),
+            ("1E400".to_owned(), false),
+            ("-1e-400".to_owned(), false),
+            ("1.7976931348623157e308".to_owned(), false),
+            ("1.8e308".to_owned(), false),
+            ("9".repeat(309), false),
+            (format!("1.{}", "0".repeat(400)), false),
+            ("true".to_owned(), true),
+            ("false".to_owned(), true),
+            ("null".to_owned(), true),
+            (r#"{"e":[1,true,false,null,"E"]}"#.to_owned(), true),
+            (deep(63), true),
+            (deep(64), false),
+            (deep(127), false),
+            (deep(128), false),
+            (deep(300), false),
+        ];
+        for (value, passes) in &values {
+            let text = format!(r#"{{"choices":[],"x":{value}}}"#);
+            assert!(
+                serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok(),
+                "{text}"
+            );
+            assert_eq!(plain(&text), *passes, "{text}");
+            if plain(&text) {
+                assert!(serde_json::from_str::<Checked>(&text).is_ok(), "{text}");
+                assert!(serde_json::from_str::<Value>(&text).is_ok(), "{text}");
+            }
+        }
+        // A call's fragments and the usage, as the API streams them, are plain.
+        for text in [
+            r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1733300000,"model":"gpt-4o-2024-08-06","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\""}}]},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":80,"completion_tokens":17,"total_tokens":97,"prompt_tokens_details":{"cached_tokens":0}}}"#,
+        ] {
+            assert!(plain(text), "{text}");
+        }
     }
 
     #[test]
@@ -1293,6 +1489,10 @@ mod stream_tests {
             r#"{"choices":[{"index":0,"delta":{"role":"\udc00"},"finish_reason":"tool_calls"}]}"#,
             r#"{"x":-1e999,"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
             r#"{"choices":[],"usage":{"prompt_tokens":1e400}}"#,
+            &format!(
+                r#"{{"choices":[],"usage":{{"prompt_tokens":{}}}}}"#,
+                "9".repeat(400)
+            ),
         ] {
             assert!(serde_json::from_str::<Value>(probe).is_err(), "{probe}");
             let mut rw = StreamRewriter::new();
@@ -1364,8 +1564,10 @@ mod stream_tests {
         for chunk in data_lines("chat-stream-tool-call-get-weather.sse") {
             for out in rw.push(&chunk) {
                 match out {
-                    StreamOutput::Emit(c) => emitted.push(c),
-                    StreamOutput::Decide(call) => emitted.push(rw.relay(&call)),
+                    StreamOutput::Emit(c) => emitted.push(serde_json::from_str(&c).unwrap()),
+                    StreamOutput::Decide(call) => {
+                        emitted.push(serde_json::from_str(&rw.relay(&call)).unwrap())
+                    }
                 }
             }
         }
@@ -1430,7 +1632,9 @@ mod stream_tests {
         for chunk in data_lines("chat-stream-tool-call-get-weather.sse") {
             for out in rw.push(&chunk) {
                 match out {
-                    StreamOutput::Emit(c) => emitted.push(c),
+                    StreamOutput::Emit(c) => {
+                        emitted.push(serde_json::from_str::<Value>(&c).unwrap())
+                    }
                     StreamOutput::Decide(call) => rw.handle(&call.id, "{\"error\":\"denied\"}"),
                 }
             }
@@ -1451,7 +1655,7 @@ mod stream_tests {
         for chunk in data_lines("chat-stream-text-finish-stop.sse") {
             for out in rw.push(&chunk) {
                 if let StreamOutput::Emit(c) = out {
-                    emitted.push(c);
+                    emitted.push(serde_json::from_str(&c).unwrap());
                 }
             }
         }

@@ -588,7 +588,7 @@ impl Governance {
             Err(error) => return driver.fail(&from_error(&error)).await,
         };
         let chunk = driver.rw.text(&message);
-        if !driver.send_json(&chunk).await {
+        if !driver.send_chunk(&chunk).await {
             return StreamEnd::ClientGone;
         }
         let end = driver.rw.end_round();
@@ -705,7 +705,7 @@ impl Governance {
             for output in outputs {
                 match output {
                     StreamOutput::Emit(chunk) => {
-                        if !driver.send_json(&chunk).await {
+                        if !driver.send_chunk(&chunk).await {
                             return Err(StreamEnd::ClientGone);
                         }
                     }
@@ -730,7 +730,7 @@ impl Governance {
                             Ok(Settled::Relay) => {
                                 relayed.push(call.id.clone());
                                 let chunk = driver.rw.relay(&call);
-                                if !driver.send_json(&chunk).await {
+                                if !driver.send_chunk(&chunk).await {
                                     return Err(StreamEnd::ClientGone);
                                 }
                             }
@@ -792,17 +792,24 @@ impl Driver<'_> {
         self.out.send(bytes).await.is_ok()
     }
 
-    async fn send_json(&self, chunk: &Value) -> bool {
+    /// Sends one chunk (JSON text) as an event.
+    async fn send_chunk(&self, chunk: &str) -> bool {
         self.send(Bytes::from(format!("data: {chunk}\n\n"))).await
     }
 
+    /// Sends the closing events together, in one write.
     async fn finish(&self, end: &RoundEnd) -> StreamEnd {
+        let mut events = String::new();
         for line in self.rw.finish(end, self.include_usage) {
-            if !self.send(Bytes::from(format!("data: {line}\n\n"))).await {
-                return StreamEnd::ClientGone;
-            }
+            events.push_str("data: ");
+            events.push_str(&line);
+            events.push_str("\n\n");
         }
-        StreamEnd::Completed
+        if self.send(Bytes::from(events)).await {
+            StreamEnd::Completed
+        } else {
+            StreamEnd::ClientGone
+        }
     }
 
     async fn fail(&self, message: &str) -> StreamEnd {
