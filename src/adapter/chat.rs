@@ -520,8 +520,39 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
 /// Any JSON value, read as a tree is built (every string decoded, every number in
 /// range, within the parser's depth limit) but not built. [`TextChunk::parts_of`]
 /// checks a chunk's text with it, since the fields it skips are only scanned, so
-/// that it takes no text a parsed chunk would refuse.
+/// that it takes no text a parsed chunk would refuse or read otherwise. That
+/// includes an object with serde_json's private raw-value key ([`RAW_VALUE_KEY`]),
+/// which a tree reads as the JSON text in its value: it is refused here, so such a
+/// chunk goes the parsed way.
 struct Checked;
+
+/// The key by which serde_json (with its `raw_value` feature) marks an object that
+/// stands for the JSON text in its one value: a tree built from
+/// `{"$serde_json::private::RawValue":"[1]"}` is `[1]`.
+const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
+
+/// An object key, refused if it is [`RAW_VALUE_KEY`].
+struct CheckedKey;
+
+impl<'de> serde::Deserialize<'de> for CheckedKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = CheckedKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<CheckedKey, E> {
+                if key == RAW_VALUE_KEY {
+                    Err(E::custom("serde_json's private raw-value key"))
+                } else {
+                    Ok(CheckedKey)
+                }
+            }
+        }
+        d.deserialize_str(Key)
+    }
+}
 
 impl<'de> serde::Deserialize<'de> for Checked {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -560,7 +591,7 @@ impl<'de> serde::Deserialize<'de> for Checked {
                 self,
                 mut map: A,
             ) -> Result<Checked, A::Error> {
-                while map.next_entry::<Checked, Checked>()?.is_some() {}
+                while map.next_entry::<CheckedKey, Checked>()?.is_some() {}
                 Ok(Checked)
             }
         }
@@ -571,9 +602,11 @@ impl<'de> serde::Deserialize<'de> for Checked {
 /// Whether JSON text the parser has already read through, skipping values, holds
 /// none of what a skipped value is not checked for, so that [`Checked`] would take
 /// it too: no `\u` escape (it could be a lone surrogate), no number that could be
-/// out of range (one with an exponent, or over 18 characters long), and nesting
-/// far inside the parser's limit of 128. A scan of the bytes; `false` sends the
-/// text to the full check, so it may be `false` for text that would pass it.
+/// out of range (one with an exponent, or over 18 characters long), nesting far
+/// inside the parser's limit of 128, and no string starting as serde_json's private
+/// keys do (`$serde_json::private::`, see [`RAW_VALUE_KEY`]). A scan of the bytes;
+/// `false` sends the text to the full check, so it may be `false` for text that
+/// would pass it.
 fn plain(text: &str) -> bool {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
@@ -583,6 +616,12 @@ fn plain(text: &str) -> bool {
             b'"' => {
                 // To the closing quote; an escape takes the next byte with it.
                 at += 1;
+                if bytes
+                    .get(at..)
+                    .is_some_and(|rest| rest.starts_with(b"$serde_json::private::"))
+                {
+                    return false;
+                }
                 loop {
                     match bytes.get(at) {
                         Some(b'"') => break,
@@ -1377,6 +1416,17 @@ mod stream_tests {
             ("null".to_owned(), true),
             (r#"{"e":[1,true,false,null,"E"]}"#.to_owned(), true),
             (deep(63), true),
+            (format!("[{}[]]", "[],".repeat(200)), true),
+            (r#""$dollar""#.to_owned(), true),
+            (r#"{"$serde_json::private::RawValue":0}"#.to_owned(), false),
+            (
+                r#"{"$serde_json::private::RawValue":"{}"}"#.to_owned(),
+                false,
+            ),
+            (
+                r#"{"a":"$serde_json::private::RawValue"}"#.to_owned(),
+                false,
+            ),
             (deep(64), false),
             (deep(127), false),
             (deep(128), false),
@@ -1475,6 +1525,14 @@ mod stream_tests {
         ] {
             both_ways(&[first.to_owned(), open.to_owned(), probe.to_owned()]);
         }
+        // An object with serde_json's private raw-value key is, as a tree, the JSON
+        // text in its value: here a call. It goes the parsed way.
+        let raw = json!({RAW_VALUE_KEY: r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_r","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#}).to_string();
+        assert_eq!(
+            both_ways(&[first.to_owned(), open.to_owned(), raw]),
+            both_ways(&[first.to_owned(), open.to_owned()]),
+            "not read from its text"
+        );
         // Text a parsed chunk refuses (too deep, a lone surrogate, a number out of
         // range), even in fields the short form skips, is never read from the text:
         // it goes the parsed way and fails there.
@@ -1493,6 +1551,7 @@ mod stream_tests {
                 r#"{{"choices":[],"usage":{{"prompt_tokens":{}}}}}"#,
                 "9".repeat(400)
             ),
+            r#"{"choices":[],"usage":{"total_tokens":1},"x":{"$serde_json::private::RawValue":0}}"#,
         ] {
             assert!(serde_json::from_str::<Value>(probe).is_err(), "{probe}");
             let mut rw = StreamRewriter::new();
