@@ -1022,7 +1022,7 @@ impl StreamRewriter {
 
     /// A chunk of tollgate's own: the envelope, then one choice with `delta`.
     fn chunk(&self, delta: &Value, finish: &Value) -> String {
-        self.enveloped(&format!(
+        self.enveloped(format_args!(
             r#""choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]"#
         ))
     }
@@ -1030,7 +1030,7 @@ impl StreamRewriter {
     /// An object of the envelope's members followed by `rest` (members as text):
     /// the bytes a JSON object of the envelope's keys and then `rest`'s would
     /// serialise to.
-    fn enveloped(&self, rest: &str) -> String {
+    fn enveloped(&self, rest: std::fmt::Arguments<'_>) -> String {
         match self.envelope.as_deref() {
             Some(members) if !members.is_empty() => format!("{{{members},{rest}}}"),
             _ => format!("{{{rest}}}"),
@@ -1168,27 +1168,20 @@ impl StreamRewriter {
 
     fn set_envelope(&mut self, chunk: &Value) {
         if let Some(obj) = chunk.as_object() {
-            // One id, created, model and fingerprint for the whole client stream.
-            let mut env = Map::new();
-            for key in [
+            // One id, created, model and fingerprint for the whole client stream,
+            // written as members of an object (the keys need no escaping).
+            let members: Vec<String> = [
                 "id",
                 "object",
                 "created",
                 "model",
                 "service_tier",
                 "system_fingerprint",
-            ] {
-                if let Some(v) = obj.get(key) {
-                    env.insert(key.into(), v.clone());
-                }
-            }
-            let text = Value::Object(env).to_string();
-            // `{...}`: the members are what lies between the braces.
-            let members = text
-                .strip_prefix('{')
-                .and_then(|t| t.strip_suffix('}'))
-                .unwrap_or_default();
-            self.envelope = Some(members.to_owned());
+            ]
+            .into_iter()
+            .filter_map(|key| obj.get(key).map(|v| format!("\"{key}\":{v}")))
+            .collect();
+            self.envelope = Some(members.join(","));
         }
     }
 
@@ -1269,7 +1262,7 @@ impl StreamRewriter {
         };
         let mut out = vec![self.chunk(&json!({}), &Value::String(reason))];
         if include_usage && let Some(usage) = &self.usage {
-            out.push(self.enveloped(&format!(r#""choices":[],"usage":{usage}"#)));
+            out.push(self.enveloped(format_args!(r#""choices":[],"usage":{usage}"#)));
         }
         out.push("[DONE]".to_owned());
         out
