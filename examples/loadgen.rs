@@ -2,9 +2,9 @@
 //! prints one JSON object of results.
 //!
 //! - `--mode rate --rate R`: open loop. Request `i` is due at `start + i/R`
-//!   whatever happened to earlier ones, and its latency is measured from when it
-//!   was due, not from when it was sent, so a stalled server is not hidden by a
-//!   stalled generator (coordinated omission). With `--arrivals poisson` the
+//!   whatever happened to earlier ones, and its latency and its time to first
+//!   byte are measured from when it was due, not from when it was sent, so a
+//!   stalled server is not hidden by a stalled generator (coordinated omission). With `--arrivals poisson` the
 //!   same number of requests is due at random times instead (a Poisson process
 //!   given its count: uniform, sorted; seeded by `--seed`, so every system meets
 //!   the same schedule): on streams whose events come 10 ms apart, an even
@@ -41,8 +41,8 @@
 //! tool calls a proxy saw.
 //!
 //! `--trace FILE` (rate mode) writes one CSV line per answered request: when it was
-//! due after the schedule's start, how late it left, its time to first byte and its
-//! latency, all in microseconds, after a comment line giving the schedule's start
+//! due after the schedule's start, how late it left, its first byte after it left,
+//! and its latency, all in microseconds, after a comment line giving the schedule's start
 //! by the wall clock and the monotonic clock (to line it up with `perf` records).
 //! It shows whether slow requests come alone or together, as behind a stall.
 
@@ -390,10 +390,12 @@ impl Recorder {
         }
     }
 
-    fn record(&mut self, latency: Duration, timing: &Timing) {
+    /// One answer: `latency` and `ttfb` from when the request was due (open
+    /// loop) or sent (closed loop).
+    fn record(&mut self, latency: Duration, ttfb: Duration, timing: &Timing) {
         self.outcome.ok += 1;
         let _ = self.latency.record(micros(latency));
-        let _ = self.ttfb.record(micros(timing.ttfb));
+        let _ = self.ttfb.record(micros(ttfb));
         let _ = self.spread.record(micros(timing.spread));
         self.events = timing.events;
     }
@@ -596,6 +598,7 @@ async fn run(args: Args) -> serde_json::Value {
                         // Measured from when the request was due, not when it left.
                         Ok(timing) => {
                             let latency = done.saturating_duration_since(due);
+                            let ttfb = timing.sent.saturating_duration_since(due) + timing.ttfb;
                             if tracing {
                                 r.trace.push([
                                     micros(due.saturating_duration_since(start)),
@@ -604,7 +607,7 @@ async fn run(args: Args) -> serde_json::Value {
                                     micros(latency),
                                 ]);
                             }
-                            r.record(latency, &timing);
+                            r.record(latency, ttfb, &timing);
                         }
                         Err(e) => r.outcome.error(e),
                     }
@@ -627,7 +630,7 @@ async fn run(args: Args) -> serde_json::Value {
                         let result = timed(&client, &url, &body, workload, timeout).await;
                         let mut r = recorder.lock().unwrap();
                         match result {
-                            Ok(timing) => r.record(sent.elapsed(), &timing),
+                            Ok(timing) => r.record(sent.elapsed(), timing.ttfb, &timing),
                             Err(e) => r.outcome.error(e),
                         }
                     }
