@@ -79,7 +79,7 @@ def main(results: str, out: str) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.suptitle(
         "Latency added to direct at p99, by rate (x near the top: could not keep that rate; "
-        "at or under direct's own p99, drawn at 0.01 ms)",
+        "10 µs or less, or under direct's own p99, drawn at 0.01 ms)",
         y=0.99, fontsize=11,
     )
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.95), ncol=len(SYSTEMS), frameon=False)
